@@ -1,0 +1,116 @@
+"""LLaMA-style bidirectional transformer blocks: pre-norm RMSNorm, SwiGLU, rotary positions.
+
+One block type serves all four modules. Attention runs on
+``torch.nn.functional.scaled_dot_product_attention`` in one of two layouts:
+
+* full: every token sees every real token of its sequence (Latent Encoder / Decoder);
+* local: non-overlapping windows of ``w`` tokens (Local Encoder over current tokens,
+  Local Decoder over bases). Cost is O(n·w), never O(n²); the last window is padded.
+
+Positions are per token and may be fractional (a merged token sits at the mean base
+coordinate of its span), so rotary angles are computed from a ``(B, n)`` position tensor.
+Keys are masked with an additive bias: ``-inf`` on padding, and optionally ToMe's
+proportional attention ``log(size)`` on real tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import MergeDNAConfig
+
+
+def rotary_cos_sin(pos: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotary tables for positions ``pos`` (B, n), float. Returns cos, sin of shape (B, n, 1, head_dim/2)."""
+    inv_freq = theta ** (-torch.arange(0, head_dim, 2, device=pos.device, dtype=torch.float32) / head_dim)
+    angles = pos.float()[..., None] * inv_freq  # (B, n, hd/2)
+    return angles.cos()[:, :, None, :], angles.sin()[:, :, None, :]
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x`` (B, n, H, hd) by the tables from :func:`rotary_cos_sin` (rotate-half convention)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+def key_bias(mask: torch.Tensor, size: torch.Tensor | None = None) -> torch.Tensor:
+    """Additive key bias (B, n), float32: ``-inf`` on padding, ``log(size)`` on real tokens if given, else 0."""
+    if size is None:
+        real = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
+    else:
+        real = size.float().clamp_min(1.0).log()
+    return real.masked_fill(~mask, float("-inf"))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.w12 = nn.Linear(dim, 2 * hidden, bias=False)  # gate and up projections, fused
+        self.w3 = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.w12(x).chunk(2, dim=-1)
+        return self.w3(F.silu(gate) * up)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: MergeDNAConfig):
+        super().__init__()
+        self.num_heads, self.head_dim = cfg.num_heads, cfg.head_dim
+        self.qkv = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size, bias=False)
+        self.proj = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=False)
+
+    def forward(self, x, cos, sin, bias, window: int | None = None) -> torch.Tensor:
+        """x (B, n, D); cos/sin (B, n, 1, hd/2); bias (B, n) additive key bias; window w or None (full)."""
+        B, n, D = x.shape
+        H, hd = self.num_heads, self.head_dim
+        q, k, v = self.qkv(x).view(B, n, 3, H, hd).unbind(2)  # each (B, n, H, hd)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if window is None:
+            mask = bias.to(q.dtype)[:, None, None, :]  # (B, 1, 1, n)
+            out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                                 attn_mask=mask)  # (B, H, n, hd)
+            out = out.transpose(1, 2).reshape(B, n, D)
+        else:
+            out = _local_attention(q, k, v, bias, window).reshape(B, n, D)
+        return self.proj(out)
+
+
+def _local_attention(q, k, v, bias, w: int) -> torch.Tensor:
+    """Attention inside non-overlapping windows of ``w`` tokens. q/k/v (B, n, H, hd) -> (B, n, H, hd)."""
+    B, n, H, hd = q.shape
+    nw = -(-n // w)
+    pad = nw * w - n
+    if pad:
+        q, k, v = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (q, k, v))
+        bias = F.pad(bias, (0, pad), value=float("-inf"))
+
+    def windows(t):  # (B, nw*w, H, hd) -> (B*nw, H, w, hd)
+        return t.view(B * nw, w, H, hd).transpose(1, 2)
+
+    # (B*nw, 1, w, w): key bias per window; a padding query may see itself so no row is all -inf
+    # (a fully padded window would otherwise give NaN, whose gradient leaks into the weights).
+    wbias = bias.view(B * nw, 1, 1, w).expand(B * nw, 1, w, w)
+    eye = torch.eye(w, dtype=torch.bool, device=q.device)
+    wbias = torch.where(eye, wbias.clamp_min(0.0), wbias).to(q.dtype)
+    out = F.scaled_dot_product_attention(windows(q), windows(k), windows(v), attn_mask=wbias)
+    out = out.transpose(1, 2).reshape(B, nw * w, H, hd)
+    return out[:, :n]
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + Attn(RMSNorm(x)), then x + SwiGLU(RMSNorm(x))."""
+
+    def __init__(self, cfg: MergeDNAConfig):
+        super().__init__()
+        self.attn_norm = nn.RMSNorm(cfg.hidden_size, eps=cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.ffn_norm = nn.RMSNorm(cfg.hidden_size, eps=cfg.norm_eps)
+        self.ffn = SwiGLU(cfg.hidden_size, cfg.ffn_size)
+
+    def forward(self, x, cos, sin, bias, window: int | None = None) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), cos, sin, bias, window)
+        return x + self.ffn(self.ffn_norm(x))

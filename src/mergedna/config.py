@@ -1,0 +1,108 @@
+"""Model configuration and presets (SPEC §3).
+
+Every preset has the paper's shape (Local Encoder 4 blocks with a merge after each,
+then full-attention Latent Encoder, Latent Decoder and a local-attention Local
+Decoder); the small ones are narrower and shallower. ``paper`` is the 380M model:
+D = 1024, 16 heads and a SwiGLU width of 2752 put each module within 1% of the
+paper's 51M / 253M / 51M / 25M.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+MERGE_SCOPES = ("sequence", "window")
+TOKENIZERS = ("learned", "none", "fixed")
+
+
+@dataclass
+class MergeDNAConfig:
+    """All architecture knobs. Names follow the paper where it names them."""
+
+    hidden_size: int = 256  # D
+    num_heads: int = 4
+    ffn_size: int = 688  # SwiGLU inner width
+    local_encoder_layers: int = 4  # φ: local attention + one merge per block
+    latent_encoder_layers: int = 10  # ψ: full attention
+    latent_decoder_layers: int = 2  # ω: full attention, pretraining only
+    local_decoder_layers: int = 2  # ζ: local attention over bases
+    window_size: int = 16  # w, local attention window (tokens in φ, bases in ζ)
+    group_dim: int = 64  # d_g, grouping-embedding width used for merge similarity
+    merge_ratio: float = 0.5  # L/N at inference
+    merge_scope: str = "sequence"  # top-r over the whole sequence, or inside each window
+    proportional_attention: bool = True  # ToMe: add log(size) to key logits
+    latent_merge_ratio: float = 0.5  # K/L for the latent global merge (pretraining pass 2)
+    tokenizer: str = "learned"  # "learned" (merging), "none" (one token per base) or "fixed" (pool spans)
+    fixed_span: int = 2  # span length for tokenizer="fixed"
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-6
+    max_length: int = 4096  # longest input the model is meant for (documentation and downstream checks)
+    init_std: float = 0.02
+    num_labels: int = 2  # classification heads
+    classifier_dropout: float = 0.1
+    label_names: list | None = None  # optional names of the classes, index = label id
+    extra: dict = field(default_factory=dict)  # free-form metadata kept in config.json
+
+    def __post_init__(self):
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if (self.hidden_size // self.num_heads) % 2:
+            raise ValueError("head dimension must be even for rotary embeddings")
+        if self.merge_scope not in MERGE_SCOPES:
+            raise ValueError(f"merge_scope must be one of {MERGE_SCOPES}, got {self.merge_scope!r}")
+        if self.tokenizer not in TOKENIZERS:
+            raise ValueError(f"tokenizer must be one of {TOKENIZERS}, got {self.tokenizer!r}")
+        if self.window_size < 2 or self.window_size % 2:
+            raise ValueError(f"window_size must be an even number >= 2, got {self.window_size}")
+        if not 0.0 < self.merge_ratio <= 1.0:
+            raise ValueError(f"merge_ratio must be in (0, 1], got {self.merge_ratio}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MergeDNAConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names - {"model_type", "architectures", "mergedna_version"})
+        if unknown:
+            raise ValueError(f"unknown config keys: {unknown}")
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def replace(self, **changes) -> "MergeDNAConfig":
+        return dataclasses.replace(self, **changes)
+
+
+PRESETS: dict[str, dict] = {
+    # < 1M parameters: unit tests
+    "tiny": dict(hidden_size=64, num_heads=4, ffn_size=176, local_encoder_layers=4, latent_encoder_layers=4,
+                 latent_decoder_layers=2, local_decoder_layers=2, group_dim=32, max_length=1024),
+    # ~14M: CPU experiments
+    "small": dict(hidden_size=256, num_heads=4, ffn_size=688, local_encoder_layers=4, latent_encoder_layers=10,
+                  latent_decoder_layers=2, local_decoder_layers=2, group_dim=64),
+    # ~106M
+    "base": dict(hidden_size=768, num_heads=12, ffn_size=2048, local_encoder_layers=4, latent_encoder_layers=8,
+                 latent_decoder_layers=2, local_decoder_layers=1, group_dim=64),
+    # the paper's 380M model
+    "paper": dict(hidden_size=1024, num_heads=16, ffn_size=2752, local_encoder_layers=4, latent_encoder_layers=20,
+                  latent_decoder_layers=4, local_decoder_layers=2, group_dim=64),
+}
+
+# Parameter counts the paper reports per module (SPEC §3); the paper preset is tested against them.
+PAPER_MODULE_PARAMS = {"local_encoder": 51e6, "latent_encoder": 253e6, "latent_decoder": 51e6,
+                       "local_decoder": 25e6, "total": 380e6}
+
+
+def preset(name: str, **overrides) -> MergeDNAConfig:
+    """The named preset's config, with optional field overrides."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+    return MergeDNAConfig(**{**PRESETS[name], **overrides})

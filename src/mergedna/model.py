@@ -1,0 +1,262 @@
+"""The MergeDNA model: the four modules of the paper (SPEC §3–6), top to bottom.
+
+    bases (B, N) ──Local Encoder φ──▶ tokens (B, L, D) ──Latent Encoder ψ──▶ (B, L, D) [or (B, K, D) merged]
+       ▲                         (local attention + merge)      (full attention, optional global merge)
+       │                                                                    │
+    logits (B, N, 4) ◀──Local Decoder ζ── un-merge by ``assign`` ◀──Latent Decoder ω── un-merge by ``assign2``
+
+``MergeDNAModel`` is φ + ψ, what downstream tasks use. ``MergeDNAForPretraining`` adds ω, ζ
+and the base head. The heads for fine-tuning live in ``heads.py``; the objectives in
+``objectives.py``. Everything runs on one device; mixed precision (bf16 autocast),
+compilation and data parallelism are applied from outside.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import Block, key_bias, rotary_cos_sin
+from .config import MergeDNAConfig
+from .merging import (Tokens, adjacent_merge_plan, apply_merge, bipartite_merge_plan, compose_assign,
+                      fixed_span_plan, merge_budget, target_lengths, unmerge)
+from .pretrained import MergeDNAPreTrainedModel
+from .vocab import NUM_BASES, PAD, VOCAB_SIZE
+
+
+@dataclass
+class LocalEncoderOutput:
+    tokens: Tokens  # L merged tokens per sequence: z (B, L, D), sizes, positions, mask
+    assign: torch.Tensor  # (B, N) long: base -> token (meaningful on real bases only)
+    base_mask: torch.Tensor  # (B, N) bool
+    hidden_states: tuple[torch.Tensor, ...] | None = None  # each block's output, before its merge
+
+
+@dataclass
+class LatentEncoderOutput:
+    tokens: Tokens  # (B, L, D), or (B, K, D) when the global merge ran; z is normalised
+    assign: torch.Tensor | None  # (B, L) long: local token -> latent group, when merging
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class MergeDNAEncoderOutput:
+    """What φ + ψ produce. ``last_hidden_state`` rows are tokens; use ``assign`` to map bases to them."""
+
+    last_hidden_state: torch.Tensor  # (B, L, D) or (B, K, D)
+    token_mask: torch.Tensor  # (B, L|K) bool
+    token_sizes: torch.Tensor  # (B, L|K) float: bases per token
+    assign: torch.Tensor  # (B, N): base -> local token
+    base_mask: torch.Tensor  # (B, N)
+    local: LocalEncoderOutput
+    latent_assign: torch.Tensor | None = None  # (B, L): local token -> latent group
+    latent_counts: torch.Tensor | None = None  # (B, K): local tokens per latent group
+    hidden_states: tuple[torch.Tensor, ...] | None = None  # Local then Latent Encoder block outputs
+
+
+@dataclass
+class MergeDNAPretrainingOutput:
+    logits: torch.Tensor  # (B, N, 4) base logits
+    encoder: MergeDNAEncoderOutput
+    loss: torch.Tensor | None = None
+
+
+class LocalEncoder(nn.Module):
+    """φ, the learned tokenizer: embedding, then blocks of local attention each followed by a merge."""
+
+    def __init__(self, cfg: MergeDNAConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(VOCAB_SIZE, cfg.hidden_size)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.local_encoder_layers))
+        n_group = cfg.local_encoder_layers if cfg.tokenizer == "learned" else 0
+        # one grouping embedding per block: D -> d_g, compared by cosine (DTEM)
+        self.group_proj = nn.ModuleList(nn.Linear(cfg.hidden_size, cfg.group_dim, bias=False) for _ in range(n_group))
+
+    def forward(self, input_ids, base_mask, merge_ratio=None, output_hidden_states=False) -> LocalEncoderOutput:
+        cfg = self.cfg
+        B, N = input_ids.shape
+        ar = torch.arange(N, device=input_ids.device)
+        tokens = Tokens(z=self.embed(input_ids), size=base_mask.float(), pos=ar.float().expand(B, N),
+                        mask=base_mask)
+        assign = ar.expand(B, N)
+        ratio = cfg.merge_ratio if merge_ratio is None else merge_ratio
+        target = target_lengths(tokens.lengths, ratio, len(self.blocks))
+        hidden = []
+        for i, block in enumerate(self.blocks):
+            cos, sin = rotary_cos_sin(tokens.pos, cfg.head_dim, cfg.rope_theta)
+            bias = key_bias(tokens.mask, tokens.size if cfg.proportional_attention else None)
+            tokens = replace(tokens, z=block(tokens.z, cos, sin, bias, window=cfg.window_size))
+            if output_hidden_states:
+                hidden.append(tokens.z)
+            if cfg.tokenizer == "learned":
+                r = merge_budget(tokens.lengths, target, len(self.blocks) - i)
+                metric = F.normalize(self.group_proj[i](tokens.z).float(), dim=-1)  # (B, n, d_g)
+                plan = adjacent_merge_plan(metric, tokens.mask, r, cfg.merge_scope, cfg.window_size)
+                tokens, assign = apply_merge(tokens, plan), compose_assign(assign, plan)
+        if cfg.tokenizer == "fixed":
+            plan = fixed_span_plan(tokens.mask, cfg.fixed_span)
+            tokens, assign = apply_merge(tokens, plan), compose_assign(assign, plan)
+        return LocalEncoderOutput(tokens=tokens, assign=assign, base_mask=base_mask,
+                                  hidden_states=tuple(hidden) if output_hidden_states else None)
+
+
+class LatentEncoder(nn.Module):
+    """ψ: full attention over the L tokens; with ``merge_ratio`` set, ToMe global merging to K = ratio·L."""
+
+    def __init__(self, cfg: MergeDNAConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.latent_encoder_layers))
+        self.norm = nn.RMSNorm(cfg.hidden_size, eps=cfg.norm_eps)
+
+    def forward(self, tokens: Tokens, merge_ratio: float | None = None,
+                output_hidden_states=False) -> LatentEncoderOutput:
+        cfg = self.cfg
+        merging = merge_ratio is not None
+        assign = None
+        if merging:
+            B, L = tokens.mask.shape
+            # ToMe's proportional attention here counts local tokens per group (1 before any merge)
+            tokens = replace(tokens, count=tokens.mask.float())
+            assign = torch.arange(L, device=tokens.mask.device).expand(B, L)
+            target = target_lengths(tokens.lengths, merge_ratio, len(self.blocks))
+        cos, sin = rotary_cos_sin(tokens.pos, cfg.head_dim, cfg.rope_theta)
+        bias = key_bias(tokens.mask)
+        hidden = []
+        for i, block in enumerate(self.blocks):
+            tokens = replace(tokens, z=block(tokens.z, cos, sin, bias))
+            if output_hidden_states:
+                hidden.append(tokens.z)
+            if merging:
+                r = merge_budget(tokens.lengths, target, len(self.blocks) - i)
+                # similarity on the block output itself: the space the merged mean lives in
+                plan = bipartite_merge_plan(F.normalize(tokens.z.float(), dim=-1), tokens.mask, r)
+                tokens, assign = apply_merge(tokens, plan), compose_assign(assign, plan)
+                cos, sin = rotary_cos_sin(tokens.pos, cfg.head_dim, cfg.rope_theta)
+                bias = key_bias(tokens.mask, tokens.count if cfg.proportional_attention else None)
+        tokens = replace(tokens, z=self.norm(tokens.z))
+        return LatentEncoderOutput(tokens=tokens, assign=assign,
+                                   hidden_states=tuple(hidden) if output_hidden_states else None)
+
+
+class LatentDecoder(nn.Module):
+    """ω: full attention over the L local tokens (pretraining only)."""
+
+    def __init__(self, cfg: MergeDNAConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.latent_decoder_layers))
+
+    def forward(self, z: torch.Tensor, local: Tokens) -> torch.Tensor:
+        """z (B, L, D) at local-token resolution; ``local`` gives positions and mask."""
+        cos, sin = rotary_cos_sin(local.pos, self.cfg.head_dim, self.cfg.rope_theta)
+        bias = key_bias(local.mask)
+        for block in self.blocks:
+            z = block(z, cos, sin, bias)
+        return z
+
+
+class LocalDecoder(nn.Module):
+    """ζ: un-merge tokens to bases by gather (Sᵀz), then local attention over windows of bases."""
+
+    def __init__(self, cfg: MergeDNAConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.local_decoder_layers))
+        self.norm = nn.RMSNorm(cfg.hidden_size, eps=cfg.norm_eps)
+
+    def forward(self, z: torch.Tensor, assign: torch.Tensor, base_mask: torch.Tensor) -> torch.Tensor:
+        """z (B, L, D), assign (B, N), base_mask (B, N) -> base features (B, N, D)."""
+        x = unmerge(z, assign)  # (B, N, D); no skip from the input bases: everything goes through tokens
+        B, N = assign.shape
+        pos = torch.arange(N, device=x.device, dtype=torch.float32).expand(B, N)
+        cos, sin = rotary_cos_sin(pos, self.cfg.head_dim, self.cfg.rope_theta)
+        bias = key_bias(base_mask)
+        for block in self.blocks:
+            x = block(x, cos, sin, bias, window=self.cfg.window_size)
+        return self.norm(x)
+
+
+def prepare_inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """Check ids and return the base mask (B, N). Padding must sit at the end of each row."""
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
+    if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= VOCAB_SIZE):
+        raise ValueError(f"input_ids must lie in [0, {VOCAB_SIZE}); encode sequences with mergedna.vocab.encode")
+    mask = input_ids != PAD if attention_mask is None else attention_mask.bool()
+    if mask.shape != input_ids.shape:
+        raise ValueError(f"attention_mask shape {tuple(mask.shape)} != input_ids shape {tuple(input_ids.shape)}")
+    if bool((mask[:, 1:] & ~mask[:, :-1]).any()):
+        raise ValueError("attention_mask must be right-padded: real bases first, padding at the end of each row")
+    if bool((~mask[:, 0]).any()):
+        raise ValueError("every sequence needs at least one real base")
+    return mask
+
+
+class MergeDNAModel(MergeDNAPreTrainedModel):
+    """φ + ψ: bases -> learned tokens -> contextual token vectors. What downstream tasks build on."""
+
+    def __init__(self, config: MergeDNAConfig):
+        super().__init__(config)
+        self.local_encoder = LocalEncoder(config)
+        self.latent_encoder = LatentEncoder(config)
+        self.init_weights()
+
+    def forward(self, input_ids, attention_mask=None, merge_ratio=None, latent_merge_ratio=None,
+                output_hidden_states=False) -> MergeDNAEncoderOutput:
+        """input_ids (B, N) right-padded with PAD; ``merge_ratio`` (float or (B,)) sets L/N (config
+        default); ``latent_merge_ratio`` turns on the global merge to K = ratio·L."""
+        base_mask = prepare_inputs(input_ids, attention_mask)
+        local = self.local_encoder(input_ids, base_mask, merge_ratio, output_hidden_states)
+        latent = self.latent_encoder(local.tokens, latent_merge_ratio, output_hidden_states)
+        return encoder_output(local, latent)
+
+
+def encoder_output(local: LocalEncoderOutput, latent: LatentEncoderOutput) -> MergeDNAEncoderOutput:
+    hidden = None
+    if local.hidden_states is not None and latent.hidden_states is not None:
+        hidden = local.hidden_states + latent.hidden_states
+    return MergeDNAEncoderOutput(
+        last_hidden_state=latent.tokens.z, token_mask=latent.tokens.mask, token_sizes=latent.tokens.size,
+        assign=local.assign, base_mask=local.base_mask, local=local, latent_assign=latent.assign,
+        latent_counts=latent.tokens.count if latent.assign is not None else None, hidden_states=hidden)
+
+
+class MergeDNAForPretraining(MergeDNAPreTrainedModel):
+    """φ + ψ + ω + ζ + a 4-way base head: reconstructs every base through the merged tokens."""
+
+    def __init__(self, config: MergeDNAConfig):
+        super().__init__(config)
+        self.mergedna = MergeDNAModel(config)
+        self.latent_decoder = LatentDecoder(config)
+        self.local_decoder = LocalDecoder(config)
+        self.lm_head = nn.Linear(config.hidden_size, NUM_BASES, bias=False)
+        self.init_weights([self.latent_decoder, self.local_decoder, self.lm_head])
+
+    def decode(self, latent_z: torch.Tensor, local: LocalEncoderOutput,
+               latent_assign: torch.Tensor | None = None) -> torch.Tensor:
+        """Latent tokens -> base logits (B, N, 4). ``latent_assign`` un-merges K groups back to L first."""
+        z = latent_z if latent_assign is None else unmerge(latent_z, latent_assign)  # (B, L, D)
+        z = self.latent_decoder(z, local.tokens)
+        return self.lm_head(self.local_decoder(z, local.assign, local.base_mask))
+
+    def forward(self, input_ids, attention_mask=None, merge_ratio=None, latent_merge_ratio=None,
+                labels=None, output_hidden_states=False) -> MergeDNAPretrainingOutput:
+        """``labels`` (B, N) base ids with -100 (or N/PAD) where no loss is wanted."""
+        enc = self.mergedna(input_ids, attention_mask, merge_ratio, latent_merge_ratio, output_hidden_states)
+        logits = self.decode(enc.last_hidden_state, enc.local, enc.latent_assign)
+        loss = base_cross_entropy(logits, labels) if labels is not None else None
+        return MergeDNAPretrainingOutput(logits=logits, encoder=enc, loss=loss)
+
+
+def base_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over positions whose label is a base (0–3); N, PAD, MASK and -100 are ignored."""
+    valid = (labels >= 0) & (labels < NUM_BASES)
+    target = torch.where(valid, labels, -100)
+    loss = F.cross_entropy(logits.float().reshape(-1, NUM_BASES), target.reshape(-1), ignore_index=-100,
+                           reduction="sum")
+    return loss / valid.sum().clamp_min(1)  # 0, not NaN, when nothing is scored

@@ -1,0 +1,226 @@
+"""The model end to end: heads, gradients, padding invariance, presets, checkpoints, bf16, compile."""
+
+import pytest
+import torch
+
+from conftest import batch_from
+from mergedna.attention import key_bias, rotary_cos_sin
+from mergedna.config import PAPER_MODULE_PARAMS, preset
+from mergedna.heads import MergeDNAForSequenceClassification, MergeDNAForTokenClassification
+from mergedna.model import MergeDNAForPretraining, MergeDNAModel
+from mergedna.vocab import MASK, N, PAD
+
+
+def module_params(model: MergeDNAForPretraining) -> dict:
+    mods = {"local_encoder": model.mergedna.local_encoder, "latent_encoder": model.mergedna.latent_encoder,
+            "latent_decoder": model.latent_decoder, "local_decoder": model.local_decoder}
+    counts = {k: sum(p.numel() for p in m.parameters()) for k, m in mods.items()}
+    counts["total"] = sum(p.numel() for p in model.parameters())
+    return counts
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return MergeDNAForPretraining(preset("tiny")).eval()
+
+
+def test_pretraining_head_shapes(tiny, chr20):
+    ids = batch_from(chr20, [256, 200, 31])
+    out = tiny(ids, labels=ids)
+    assert out.logits.shape == (3, 256, 4)
+    assert out.encoder.last_hidden_state.shape == (3, 128, 64)
+    assert out.loss.ndim == 0 and torch.isfinite(out.loss)
+    merged = tiny(ids, latent_merge_ratio=0.5)
+    assert merged.logits.shape == (3, 256, 4)
+    assert merged.encoder.token_mask.sum(1).tolist() == [64, 50, 8]  # K = L/2 (L = 128, 100, 16)
+    assert torch.equal(merged.encoder.latent_counts.sum(1), torch.tensor([128., 100., 16.]))
+
+
+def test_classification_head_shapes(chr20):
+    ids = batch_from(chr20, [120, 64])
+    seq = MergeDNAForSequenceClassification(preset("tiny", num_labels=3))
+    out = seq(ids, labels=torch.tensor([0, 2]))
+    assert out.logits.shape == (2, 3) and out.pooled.shape == (2, 64) and torch.isfinite(out.loss)
+    tok = MergeDNAForTokenClassification(preset("tiny", num_labels=5))
+    labels = torch.randint(0, 5, ids.shape)
+    out = tok(ids, labels=labels)
+    assert out.logits.shape == (2, 120, 5) and torch.isfinite(out.loss)
+
+
+@pytest.mark.parametrize("cls", [MergeDNAForPretraining, MergeDNAForSequenceClassification,
+                                 MergeDNAForTokenClassification])
+def test_every_parameter_gets_a_gradient(cls, chr20):
+    torch.manual_seed(1)
+    model = cls(preset("tiny"))
+    ids = batch_from(chr20, [256, 180])
+    if cls is MergeDNAForPretraining:
+        # the latent merge path must also leave no parameter out
+        loss = model(ids, labels=ids).loss + model(ids, labels=ids, latent_merge_ratio=0.5).loss
+    elif cls is MergeDNAForSequenceClassification:
+        loss = model(ids, labels=torch.tensor([0, 1])).loss
+    else:
+        loss = model(ids, labels=ids.clamp_max(1)).loss
+    loss.backward()
+    dead = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not dead, f"no gradient for {dead}"
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+    assert any("group_proj" in n for n, _ in model.named_parameters())  # the grouping embedding learns
+
+
+@pytest.mark.parametrize("scope", ["sequence", "window"])
+def test_outputs_do_not_depend_on_the_rest_of_the_batch(chr20, scope):
+    torch.manual_seed(2)
+    model = MergeDNAForPretraining(preset("tiny", merge_scope=scope)).eval()
+    target = batch_from(chr20, [300], start=1000)
+    longer = batch_from(chr20, [512], start=2000)
+    shorter = batch_from(chr20, [40], start=3000)
+    batch = torch.full((3, 512), PAD)
+    batch[0] = longer[0]
+    batch[1, :300] = target[0]
+    batch[2, :40] = shorter[0]
+    with torch.no_grad():
+        for latent in (None, 0.5):
+            alone = model(target, latent_merge_ratio=latent)
+            mixed = model(batch, latent_merge_ratio=latent)
+            assert torch.equal(alone.encoder.assign[0], mixed.encoder.assign[1, :300])
+            assert torch.allclose(alone.logits[0], mixed.logits[1, :300], atol=1e-5)
+            L = int(alone.encoder.token_mask[0].sum())
+            assert torch.allclose(alone.encoder.last_hidden_state[0, :L], mixed.encoder.last_hidden_state[1, :L],
+                                  atol=1e-5)
+
+
+def test_padding_content_is_ignored(tiny, chr20):
+    ids = batch_from(chr20, [100, 60])
+    mask = ids != PAD
+    junk = ids.clone()
+    junk[1, 60:] = N  # the padded positions hold something else, the mask says they are padding
+    with torch.no_grad():
+        assert torch.equal(tiny(ids).logits[1, :60], tiny(junk, attention_mask=mask).logits[1, :60])
+
+
+def test_same_seed_same_result(chr20):
+    ids = batch_from(chr20, [128, 77])
+    outs = []
+    for _ in range(2):
+        torch.manual_seed(123)
+        model = MergeDNAForPretraining(preset("tiny"))
+        outs.append(model(ids, labels=ids))
+    assert torch.equal(outs[0].logits, outs[1].logits)
+    torch.manual_seed(124)
+    assert not torch.equal(MergeDNAForPretraining(preset("tiny"))(ids).logits, outs[0].logits)
+
+
+def test_bad_inputs_get_clear_errors(tiny):
+    with pytest.raises(ValueError, match="right-padded"):
+        tiny(torch.tensor([[PAD, 0, 1, 2]]), attention_mask=torch.tensor([[False, True, True, True]]))
+    with pytest.raises(ValueError, match=r"\[0, 7\)"):
+        tiny(torch.tensor([[0, 1, 9]]))
+    with pytest.raises(ValueError, match="at least one real base"):
+        tiny(torch.tensor([[0, 1, 2], [PAD, PAD, PAD]]))
+    with pytest.raises(ValueError, match="batch, length"):
+        tiny(torch.tensor([0, 1, 2]))
+
+
+def test_mask_token_is_accepted(tiny, chr20):
+    ids = batch_from(chr20, [64])
+    ids[0, 10:20] = MASK
+    assert torch.isfinite(tiny(ids).logits).all()
+
+
+def test_preset_parameter_counts():
+    def counts(name):
+        with torch.device("meta"):
+            return module_params(MergeDNAForPretraining(preset(name)))
+
+    assert counts("tiny")["total"] < 1e6
+    assert 10e6 <= counts("small")["total"] <= 20e6
+    assert 90e6 <= counts("base")["total"] <= 115e6
+    paper = counts("paper")
+    for name, expected in PAPER_MODULE_PARAMS.items():
+        assert abs(paper[name] / expected - 1) < 0.03, (name, paper[name])
+
+
+def test_save_load_round_trip_is_bit_identical(tmp_path, chr20):
+    torch.manual_seed(3)
+    model = MergeDNAForPretraining(preset("tiny", merge_scope="window")).eval()
+    ids = batch_from(chr20, [200, 90])
+    path = model.save_pretrained(tmp_path / "ckpt")
+    assert sorted(p.name for p in path.iterdir()) == ["config.json", "model.safetensors"]
+    loaded = MergeDNAForPretraining.from_pretrained(path).eval()
+    assert loaded.config == model.config
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, loaded(ids).logits)
+    # the encoder transfers into a classifier; the head is new
+    clf = MergeDNAForSequenceClassification.from_pretrained(path, num_labels=3)
+    assert torch.equal(clf.mergedna.local_encoder.embed.weight, model.mergedna.local_encoder.embed.weight)
+    # saving over an existing checkpoint replaces it whole
+    MergeDNAForPretraining(preset("tiny")).save_pretrained(path)
+    assert not torch.equal(MergeDNAForPretraining.from_pretrained(path).lm_head.weight, model.lm_head.weight)
+
+
+def test_from_pretrained_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        MergeDNAModel.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text("{not json")
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ValueError, match="config.json: not valid JSON"):
+        MergeDNAModel.from_pretrained(tmp_path)
+
+
+def test_bf16_autocast_forward_backward(chr20):
+    torch.manual_seed(4)
+    model = MergeDNAForPretraining(preset("tiny"))
+    ids = batch_from(chr20, [512, 400])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(ids, labels=ids)
+        out2 = model(ids, labels=ids, latent_merge_ratio=0.5)
+    (out.loss + out2.loss).backward()
+    assert torch.isfinite(out.loss) and all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("tokenizer", ["none", "fixed"])
+def test_fixed_tokenization_ablations(tokenizer, chr20):
+    model = MergeDNAForPretraining(preset("tiny", tokenizer=tokenizer, fixed_span=4))
+    ids = batch_from(chr20, [64, 30])
+    out = model(ids, labels=ids)
+    expected = [64, 30] if tokenizer == "none" else [16, 8]
+    assert out.encoder.token_mask.sum(1).tolist() == expected
+    assert not any("group_proj" in n for n, _ in model.named_parameters())
+
+
+def test_loss_falls_on_real_sequence(chr20):
+    torch.manual_seed(5)
+    model = MergeDNAForPretraining(preset("tiny"))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    ids = batch_from(chr20, [256] * 4)
+    losses = []
+    for _ in range(30):
+        loss = model(ids, labels=ids).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+@pytest.mark.slow
+def test_torch_compile_on_blocks(chr20):
+    torch.manual_seed(6)
+    model = MergeDNAForPretraining(preset("tiny")).eval()
+    ids = batch_from(chr20, [128, 100])
+    with torch.no_grad():
+        enc = model.mergedna(ids)
+        tokens = enc.local.tokens
+        block = model.mergedna.latent_encoder.blocks[0]
+        cos, sin = rotary_cos_sin(tokens.pos, model.config.head_dim, model.config.rope_theta)
+        bias = key_bias(tokens.mask)
+        ref = block(tokens.z, cos, sin, bias)
+        local_ref = block(tokens.z, cos, sin, bias, window=16)
+        for b in model.modules():
+            if type(b).__name__ == "Block":
+                b.compile(dynamic=True)
+        assert torch.allclose(block(tokens.z, cos, sin, bias), ref, atol=1e-4)
+        assert torch.allclose(block(tokens.z, cos, sin, bias, window=16), local_ref, atol=1e-4)
+        # the whole model runs with compiled blocks (merge decisions may differ by rounding)
+        assert torch.isfinite(model(ids).logits).all()
