@@ -6,11 +6,10 @@ and caches it as a raw memory-mapped file plus a JSON sidecar, keyed by the abso
 paths, sizes and mtimes of the inputs. The cache is written to temporary files and
 ``os.replace``-d into place, sidecar last, so a crash never leaves a half cache.
 
-:class:`GenomeSampler` draws training windows of ``window`` bases uniformly over every
-start at which a window fits inside one record's training part (so records weigh in
-proportion to their usable length), rejects windows with too many ``N`` and applies
-reverse-complement augmentation. ``batch(step, batch_size)`` is a pure function of
-``(seed, rank, step, batch_size)``: resuming at step ``s`` needs no sampler state.
+:class:`GenomeSampler` draws windows uniformly over every start at which a window fits
+inside one record's training part (records weigh by usable length), redraws N-heavy ones,
+applies reverse-complement augmentation, and is stateless: ``batch(step, batch_size)`` is
+a pure function of ``(seed, rank, step, batch_size)``, so resuming needs no sampler state.
 """
 
 from __future__ import annotations
@@ -195,11 +194,10 @@ class Genome:
             with os.fdopen(fd, "wb") as out:
                 for f in files:
                     try:
-                        recs, rns = _parse_fasta(f, out, out.tell())
+                        parsed = _parse_fasta(f, out, out.tell())
                     except (OSError, EOFError, zlib.error) as err:
                         raise FastaFormatError(f"{f}: cannot read: {err}") from err
-                    records += recs
-                    runs += rns
+                    records, runs = records + parsed[0], runs + parsed[1]
                 total = out.tell()
             if total == 0:
                 raise FastaFormatError(f"no sequence in {', '.join(files)}")
@@ -255,13 +253,12 @@ class Genome:
             raise IndexError(f"[{start}, {end}) outside record {rec.name!r} of length {rec.length}")
         return self.ids[rec.offset + start : rec.offset + end]
 
-    def _n_upto(self, x: np.ndarray) -> np.ndarray:
-        k = np.searchsorted(self._run_start, x, side="left")  # runs starting before x
-        return self._n_before[k] - (self._run_end[k] - np.minimum(x, self._run_end[k]))
-
     def count_n(self, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
         """Number of ``N`` in each global interval ``ids[starts[i]:ends[i]]``; O(log runs) each."""
-        return self._n_upto(np.asarray(ends, dtype=np.int64)) - self._n_upto(np.asarray(starts, dtype=np.int64))
+        x = np.stack([np.asarray(starts, dtype=np.int64), np.asarray(ends, dtype=np.int64)])  # (2, M)
+        k = np.searchsorted(self._run_start, x, side="left")  # (2, M) runs starting before x
+        n_upto = self._n_before[k] - (self._run_end[k] - np.minimum(x, self._run_end[k]))  # N in ids[:x]
+        return n_upto[1] - n_upto[0]
 
 
 def _reopen(path: Path, meta: dict, n_runs: np.ndarray, cache_hit: bool, build_seconds: float) -> Genome:
@@ -280,7 +277,7 @@ def _merge(intervals: list[tuple[int, int]]) -> list[tuple[int, int]]:
 
 
 def holdout_intervals(genome: Genome, val: float | str | Sequence[str]) -> list[tuple[int, int, int]]:
-    """Held-out validation intervals ``(record_index, start, end)`` (0-based, half-open, merged).
+    """Held-out validation intervals ``(record_index, start, end)``: 0-based, half-open, sorted, merged.
 
     ``val`` is a fraction (the last ``round(val * length)`` bases of every record), or one or
     more specs: a record name (the whole record; every record of that name) or a region
@@ -318,10 +315,7 @@ class _Starts:
         lo = np.array([genome.records[i].offset + a for i, a, _ in intervals], dtype=np.int64)  # (S,)
         n = np.array([max(0, b - a - window + 1) for _, a, b in intervals], dtype=np.int64)  # (S,) valid starts
         self.lo, self.cum = lo[n > 0], np.concatenate([[0], np.cumsum(n[n > 0])])  # cum: (S'+1,)
-
-    @property
-    def total(self) -> int:
-        return int(self.cum[-1])
+        self.total = int(self.cum[-1])
 
     def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
         u = rng.integers(0, self.total, size=n)  # (n,) index into all valid starts
@@ -353,12 +347,12 @@ class GenomeSampler:
         self.max_n_fraction, self.rc_prob = max_n_fraction, rc_prob
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.val_intervals = holdout_intervals(genome, val)
-        held: dict[int, list[tuple[int, int]]] = {}
+        held: dict[int, list[int]] = {}
         for i, a, b in self.val_intervals:
-            held.setdefault(i, []).append((a, b))
-        self.train_intervals = []
+            held.setdefault(i, []).extend((a, b))
+        self.train_intervals = []  # the gaps between held-out intervals, per record
         for i, r in enumerate(genome.records):
-            edges = [0] + [x for ab in held.get(i, []) for x in ab] + [r.length]  # gaps between held-out parts
+            edges = [0, *held.get(i, []), r.length]
             self.train_intervals += [(i, a, b) for a, b in zip(edges[::2], edges[1::2]) if b > a]
         self._starts = {"train": _Starts(genome, self.train_intervals, window),
                         "val": _Starts(genome, self.val_intervals, window)}
@@ -406,6 +400,5 @@ class GenomeSampler:
     def val_batches(self, n_windows: int, batch_size: int) -> list[torch.Tensor]:
         """This rank's validation windows (no RC augmentation) as batches (<= batch_size, window)."""
         starts = self.val_starts(n_windows)
-        no_rc = np.zeros(starts.size, dtype=bool)
-        return [self._windows(starts[i : i + batch_size], no_rc[i : i + batch_size])
-                for i in range(0, starts.size, batch_size)]
+        chunks = [starts[i : i + batch_size] for i in range(0, starts.size, batch_size)]
+        return [self._windows(c, np.zeros(c.size, dtype=bool)) for c in chunks]
