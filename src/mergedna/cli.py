@@ -61,6 +61,124 @@ def cmd_info(args) -> int:
     return 0
 
 
+def _parse_value(text: str):
+    """'3' -> 3, '0.5' -> 0.5, 'true' -> True, 'window' -> 'window'."""
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _load_config_file(path: str) -> dict:
+    import tomllib
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        raise SystemExit(f"mergedna: config file {path} not found")
+    try:
+        return tomllib.loads(p.read_text()) if p.suffix == ".toml" else json.loads(p.read_text())
+    except (ValueError, tomllib.TOMLDecodeError) as err:
+        raise SystemExit(f"mergedna: cannot parse config file {path}: {err}")
+
+
+# flag -> (section, key): objective and model knobs exposed as flags
+_OBJECTIVE_FLAGS = ("lambda_latent", "masking", "ratio_mean", "ratio_std", "objective", "mlm_mask_ratio")
+_MODEL_FLAGS = ("tokenizer", "merge_scope", "local_encoder_layers", "latent_encoder_layers", "fixed_span")
+
+
+def cmd_pretrain(args) -> int:
+    from .training.trainer import TrainConfig, TrainingDiverged, pretrain
+
+    values = _load_config_file(args.config) if args.config else {}
+    values.setdefault("model", {})
+    values.setdefault("objective", {})
+    for key, val in vars(args).items():
+        if val is None or key in ("func", "command", "config", "set"):
+            continue
+        if key in _OBJECTIVE_FLAGS:
+            values["objective"][key] = val
+        elif key in _MODEL_FLAGS:
+            values["model"][key] = val
+        else:
+            values[key] = val
+    for item in args.set or []:
+        if "=" not in item:
+            raise SystemExit(f"mergedna: --set expects key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        values["model"][k] = _parse_value(v)
+    known = set(TrainConfig.__dataclass_fields__)
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise SystemExit(f"mergedna: unknown pretrain settings {unknown}")
+    try:
+        summary = pretrain(TrainConfig(**values))
+    except TrainingDiverged as err:
+        print(f"mergedna pretrain: {err}", file=sys.stderr)
+        return 3
+    print(f"done: {summary['steps_done']} steps ({summary['stopped_by']}); model in {values.get('out', 'runs/pretrain')}/model")
+    return 0
+
+
+def add_pretrain_parser(sub) -> None:
+    p = sub.add_parser("pretrain", help="pretrain on FASTA genomes (MTR + latent MTR + AMTM)",
+                       description="Pretrain MergeDNA on one or more FASTA files. Launch with torchrun for DDP. "
+                                   "Every option can also come from --config FILE (.json or .toml, same names).")
+    a = p.add_argument
+    a("--fasta", nargs="+", help="FASTA files (plain, .gz or bgzip), many records each")
+    a("--out", help="run directory: checkpoints/, model/, metrics.jsonl, curves.png (default runs/pretrain)")
+    a("--config", help="JSON or TOML file with any of these settings; flags override it")
+    a("--preset", choices=sorted(PRESETS), help="model size (default small)")
+    a("--init-from", dest="init_from", help="start from a checkpoint's weights")
+    a("--resume", action="store_true", default=None, help="continue from the newest checkpoint in --out")
+    a("--steps", type=int, help="optimizer steps (default 1000)")
+    a("--batch-size", dest="batch_size", type=int, help="windows per micro-batch per process (default 8)")
+    a("--grad-accum", dest="grad_accum", type=int, help="micro-batches per step (default 1)")
+    a("--window", type=int, help="bases per window, N (default 4096)")
+    a("--val", help="held-out part: fraction of each record (0.01), a record name, or rec:start-end")
+    a("--max-n-fraction", dest="max_n_fraction", type=float, help="reject windows with more N (default 0.1)")
+    a("--rc-prob", dest="rc_prob", type=float, help="reverse-complement augmentation probability (default 0.5)")
+    a("--cache-dir", dest="cache_dir", help="where encoded genomes are cached (default ~/.cache/mergedna)")
+    a("--lr", type=float, help="peak learning rate (default 3e-4; paper 1e-4)")
+    a("--warmup", type=int, help="warm-up steps (default 100; paper 10k)")
+    a("--min-lr-ratio", dest="min_lr_ratio", type=float, help="cosine floor as a fraction of --lr (default 0.1)")
+    a("--weight-decay", dest="weight_decay", type=float, help="AdamW weight decay (default 1e-8, paper)")
+    a("--clip", type=float, help="gradient-norm clip (default 1.0)")
+    a("--no-bf16", dest="bf16", action="store_false", default=None, help="train in fp32 instead of bf16 autocast")
+    a("--compile", action="store_true", default=None, help="torch.compile the transformer blocks")
+    a("--strategy", choices=["ddp", "fsdp"], help="under torchrun: DDP (default) or FSDP2")
+    a("--seed", type=int)
+    a("--log-every", dest="log_every", type=int)
+    a("--val-every", dest="val_every", type=int)
+    a("--val-windows", dest="val_windows", type=int, help="held-out windows per validation (default 32)")
+    a("--ckpt-every", dest="ckpt_every", type=int)
+    a("--keep-last", dest="keep_last", type=int, help="checkpoints kept (default 3)")
+    a("--max-bad-steps", dest="max_bad_steps", type=int, help="stop after this many NaN/Inf steps in a row")
+    a("--time-limit", dest="time_limit", type=float, help="stop after this many minutes, with a checkpoint")
+    a("--device", help="cpu or cuda (default: cuda if available)")
+    a("--no-progress", dest="progress", action="store_false", default=None)
+    g = p.add_argument_group("objective (SPEC §7 and its ablations)")
+    g.add_argument("--lambda-latent", dest="lambda_latent", type=float, help="λ for latent MTR (default 0.25; 0 = off)")
+    g.add_argument("--masking", choices=["amtm", "uniform", "none"], help="pass 3 masking (default amtm)")
+    g.add_argument("--ratio-mean", dest="ratio_mean", type=float, help="mean L/N (default 0.5)")
+    g.add_argument("--ratio-std", dest="ratio_std", type=float, help="std of L/N per step (default 0.05; 0 = fixed)")
+    g.add_argument("--objective", choices=["mergedna", "mlm"], help="mlm = plain masked modelling (no-merging ablation)")
+    g.add_argument("--mlm-mask-ratio", dest="mlm_mask_ratio", type=float)
+    g = p.add_argument_group("model overrides")
+    g.add_argument("--tokenizer", choices=["learned", "none", "fixed"], help="none/fixed = no-merging ablation")
+    g.add_argument("--fixed-span", dest="fixed_span", type=int)
+    g.add_argument("--merge-scope", dest="merge_scope", choices=["sequence", "window"])
+    g.add_argument("--local-encoder-layers", dest="local_encoder_layers", type=int)
+    g.add_argument("--latent-encoder-layers", dest="latent_encoder_layers", type=int)
+    g.add_argument("--set", action="append", metavar="KEY=VALUE", help="any other model config field")
+    p.set_defaults(func=cmd_pretrain)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mergedna", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -72,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--length", type=int, default=4096, help="sequence length N for the shape listing")
     p.add_argument("--json", action="store_true", help="also print config and counts as JSON")
     p.set_defaults(func=cmd_info)
+    add_pretrain_parser(sub)
     return parser
 
 

@@ -75,17 +75,20 @@ class MergeDNAPreTrainedModel(nn.Module):
     def num_parameters(self, module: nn.Module | None = None) -> int:
         return sum(p.numel() for p in (module or self).parameters())
 
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write ``config.json`` + ``model.safetensors`` atomically into ``directory``."""
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+    def write_files(self, directory: Path, state: dict | None = None) -> None:
+        """Write ``config.json`` and ``model.safetensors`` into an existing directory (not atomic by
+        itself: callers go through :func:`atomic_write_dir`). ``state`` overrides the state dict
+        (e.g. one gathered from a sharded model)."""
+        state = self.state_dict() if state is None else state
+        state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
         config = {**self.config.to_dict(), "model_type": "mergedna",
                   "architectures": [type(self).__name__], "mergedna_version": __version__}
+        save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+        (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True))
 
-        def write(tmp: Path):
-            save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
-            (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True))
-
-        return atomic_write_dir(directory, write)
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` atomically into ``directory``."""
+        return atomic_write_dir(directory, self.write_files)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu",

@@ -1,0 +1,271 @@
+"""Benchmark suites: tasks × seeds of :func:`~mergedna.finetune.finetune`, summarised next to the
+published MergeDNA numbers (SPEC §8–9).
+
+``run_benchmark`` fine-tunes every task of a suite with every seed, each run in its own folder
+``<out>/runs/<task>/seed<k>/``. After every finished run it rewrites ``<out>/results.json`` and
+``<out>/results.md`` (atomically), so a crash loses nothing already done; a rerun with the same
+``out`` reuses every run whose ``metrics.json`` exists and refuses to mix runs made with another
+model or other settings.
+
+The summary follows SPEC §8: per task the mean ± sample sd (n − 1) over seeds of each metric;
+over tasks the *plain* mean of the per-task means (never a mean of group means), with, when every
+task has the same seeds, the sd over seeds of the per-seed task mean. Tables show metrics × 100,
+as the paper does; ``results.json`` keeps them as fractions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .data.task_formats import find_split_files
+from .finetune import FinetuneSettings, add_training_arguments, finetune, run_metadata, settings_from_args, \
+    write_json_atomic
+
+# SPEC §9: MergeDNA (380M), GUE, MCC × 100, per task as published
+PUBLISHED_GUE_MCC = {
+    "tf/0": 72.36, "tf/1": 76.50, "tf/2": 70.48, "tf/3": 61.12, "tf/4": 80.76,
+    "mouse/0": 68.23, "mouse/1": 86.69, "mouse/2": 82.85, "mouse/3": 73.46, "mouse/4": 54.82,
+    "prom/prom_core_all": 70.78, "prom/prom_core_notata": 70.91, "prom/prom_core_tata": 78.54,
+    "prom/prom_300_all": 91.02, "prom/prom_300_notata": 94.90, "prom/prom_300_tata": 77.27,
+    "splice/reconstructed": 89.95,
+    "EMP/H3": 81.63, "EMP/H3K14ac": 69.09, "EMP/H3K36me3": 68.24, "EMP/H3K4me1": 57.10, "EMP/H3K4me2": 55.87,
+    "EMP/H3K4me3": 66.84, "EMP/H3K79me3": 73.80, "EMP/H3K9ac": 68.36, "EMP/H4": 82.06, "EMP/H4ac": 65.22,
+}
+
+# suite -> loader layout, the metric the suite publishes, published per-task values (× 100) and
+# published whole-suite means (only comparable when every task of the suite was run)
+SUITES = {
+    "gue": {"layout": "gue", "metric": "mcc", "published": PUBLISHED_GUE_MCC,
+            "published_source": "MergeDNA 380M, SPEC §9",
+            "suite_means": {"DNABERT-2 (117M), 28-task plain mean": 66.80}},
+    "genomic_benchmarks": {"layout": "genomic_benchmarks", "metric": "accuracy", "published": {},
+                           "published_source": "SPEC §9 (suite means only)",
+                           "suite_means": {"MergeDNA, 8-task plain mean": 90.12, "GENERator": 89.92,
+                                           "NT-500M": 89.26, "supervised CNN baseline": 79.24}},
+    "nt": {"layout": "nt", "metric": "mcc", "published": {}, "published_source": "none in SPEC §9",
+           "suite_means": {}},
+}
+TABLE_METRICS = ("mcc", "accuracy")
+
+
+class BenchmarkMismatchError(ValueError):
+    """``out`` holds finished runs made with another model or other settings."""
+
+
+def discover_tasks(data_root: str | os.PathLike) -> list[str]:
+    """Task folders under ``data_root`` (relative, ``/``-separated, sorted) that have a train split."""
+    root = Path(data_root)
+    found = []
+    for folder in sorted(p for p in root.rglob("*") if p.is_dir()):
+        if "train" in find_split_files(folder):
+            found.append(folder.relative_to(root).as_posix())
+    return found
+
+
+def _mean_sd(values: list[float]) -> dict:
+    arr = np.asarray([v for v in values if v is not None], dtype=np.float64)
+    return {"mean": float(arr.mean()) if arr.size else None,
+            "sd": float(arr.std(ddof=1)) if arr.size > 1 else None, "n": int(arr.size)}
+
+
+def summarise(runs: list[dict], tasks: list[str], suite: str) -> dict:
+    """Per-task mean ± sd of every metric, the plain mean over tasks, and the published numbers."""
+    spec = SUITES[suite]
+    metrics = list(dict.fromkeys((*TABLE_METRICS, spec["metric"])))
+    per_task = {}
+    for task in tasks:
+        done = sorted((r for r in runs if r["task"] == task), key=lambda r: r["seed"])
+        if not done:
+            continue
+        per_task[task] = {m: _mean_sd([r["test"][m] for r in done]) for m in metrics}
+        per_task[task].update(seeds=[r["seed"] for r in done], comparable=all(r["comparable"] for r in done),
+                              published=spec["published"].get(task))
+    over = {}
+    if per_task:
+        seed_sets = {tuple(v["seeds"]) for v in per_task.values()}
+        for m in metrics:
+            means = [v[m]["mean"] for v in per_task.values()]
+            entry = {"mean": float(np.mean(means)) if None not in means else None, "sd": None, "tasks": len(means)}
+            if len(seed_sets) == 1 and len(next(iter(seed_sets))) > 1 and entry["mean"] is not None:
+                by_seed = [[r["test"][m] for r in runs if r["task"] in per_task and r["seed"] == s]
+                           for s in next(iter(seed_sets))]
+                if all(None not in row for row in by_seed):
+                    entry["sd"] = float(np.std([np.mean(row) for row in by_seed], ddof=1))
+            over[m] = entry
+        published = [v["published"] for v in per_task.values()]
+        over["published"] = float(np.mean(published)) if None not in published else None
+    return {"metrics": metrics, "tasks": per_task, "mean_over_tasks": over}
+
+
+def _pct(entry: dict | None) -> str:
+    if not entry or entry.get("mean") is None:
+        return "n/a"
+    text = f"{100 * entry['mean']:.2f}"
+    return text + (f" ± {100 * entry['sd']:.2f}" if entry.get("sd") is not None else "")
+
+
+def markdown_table(results: dict) -> str:
+    """The results as markdown: header (model, command, date, commit, settings), the table, notes."""
+    spec, summary = SUITES[results["suite"]], results["summary"]
+    metric = spec["metric"]
+    cols = summary["metrics"]
+    meta = results["meta"]
+    lines = [f"# Benchmark `{results['suite']}`: {results['model_label']}", "",
+             f"- command: `{meta['command']}`",
+             f"- date {meta['date']}, commit {meta['git_commit']}{' (dirty)' if meta['git_dirty'] else ''}, "
+             f"machine {meta['machine']['host']} ({meta['machine']['cpus']} CPUs, torch {meta['machine']['torch']})",
+             "- settings: " + ", ".join(f"{k}={v}" for k, v in results["settings"].items() if v is not None),
+             f"- test metrics × 100, mean ± sd over seeds (sd with n − 1); published: {spec['published_source']}",
+             "", "| task | seeds | " + " | ".join(f"{c} (mean ± sd)" for c in cols)
+             + f" | published {metric} | Δ {metric} |", "|---" * (len(cols) + 4) + "|"]
+    flagged = []
+    for task, entry in summary["tasks"].items():
+        mark = "" if entry["comparable"] else " †"
+        if mark:
+            flagged.append(task)
+        pub = entry["published"]
+        delta = f"{100 * entry[metric]['mean'] - pub:+.2f}" if pub is not None and entry[metric]["mean"] is not None \
+            else "–"
+        lines.append(f"| {task}{mark} | {len(entry['seeds'])} | " + " | ".join(_pct(entry[c]) for c in cols)
+                     + f" | {pub if pub is not None else '–'} | {delta} |")
+    over = summary["mean_over_tasks"]
+    if over:
+        pub = over["published"]
+        ours = over[metric]["mean"]
+        delta = f"{100 * ours - pub:+.2f}" if pub is not None and ours is not None else "–"
+        lines.append(f"| **plain mean over {over[metric]['tasks']} tasks** | | "
+                     + " | ".join(_pct(over[c]) for c in cols)
+                     + f" | {f'{pub:.2f}' if pub is not None else '–'} | {delta} |")
+    lines.append("")
+    if flagged:
+        lines.append(f"† trained on the task's dev split (no train split shipped): not comparable with published "
+                     f"numbers: {', '.join(flagged)}.")
+    carved = sorted({r["task"] for r in results["runs"] if r["dev_source"] != "task"})
+    if carved:
+        lines.append(f"Dev split carved by the fine-tuning run (the task ships none, or trains on dev) for: "
+                     f"{', '.join(carved)}.")
+    for name, value in spec["suite_means"].items():
+        lines.append(f"Published suite mean, {name}: {value:.2f} (over the whole suite, not this subset).")
+    return "\n".join(lines) + "\n"
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _run_record(task: str, seed: int, run_dir: Path, metrics: dict) -> dict:
+    return {"task": task, "seed": seed, "dir": str(run_dir), "test": metrics["test"],
+            "best_step": metrics["best_step"], "best_dev": metrics["best_dev"], "steps": metrics["steps"],
+            "comparable": metrics["task"]["comparable"], "dev_source": metrics["task"]["dev_source"],
+            "seconds": metrics["seconds"], "date": metrics["date"]}
+
+
+def run_benchmark(suite: str, data_root: str | os.PathLike, out: str | os.PathLike, tasks: list[str] | None = None,
+                  seeds: int = 3, first_seed: int = 0, *, model: str | os.PathLike | None = None,
+                  preset: str | None = None, command: str | None = None, progress: bool = True,
+                  save_models: bool = False, on_run=None, **settings) -> dict:
+    """Fine-tune each of ``tasks`` (folders relative to ``data_root``; default: every task folder
+    with a train split) with seeds ``first_seed .. first_seed + seeds - 1``.
+
+    ``settings`` are :class:`~mergedna.finetune.FinetuneSettings` fields, the same for every run.
+    ``save_models`` keeps each run's fine-tuned checkpoint (off by default: one per task and seed
+    adds up). ``on_run(record, skipped)`` is called after each run. Returns what ``results.json`` holds:
+    ``runs`` (one record per finished run), ``summary`` (:func:`summarise`), ``skipped`` (runs
+    reused from an earlier invocation), settings and run metadata.
+    """
+    if suite not in SUITES:
+        raise ValueError(f"unknown suite {suite!r}; choose from {sorted(SUITES)}")
+    data_root, out = Path(data_root), Path(out)
+    tasks = list(tasks) if tasks else discover_tasks(data_root)
+    missing = [t for t in tasks if not (data_root / t).is_dir()]
+    if missing or not tasks:
+        raise FileNotFoundError(f"task folders not found under {data_root}: {missing or 'none at all'}; "
+                                f"available: {discover_tasks(data_root) if data_root.is_dir() else 'none'}")
+    full_settings = dataclasses.asdict(FinetuneSettings(**settings))
+    source = {"checkpoint": str(Path(model).resolve())} if model is not None else {"preset": preset}
+    label = f"checkpoint {source['checkpoint']}" if model is not None else f"preset {preset!r} (random init)"
+    results = {"suite": suite, "data_root": str(data_root.resolve()), "tasks": tasks,
+               "seeds": list(range(first_seed, first_seed + seeds)), "model": source, "model_label": label,
+               "settings": full_settings, "meta": run_metadata(command), "runs": [], "skipped": []}
+    out.mkdir(parents=True, exist_ok=True)
+
+    def flush():
+        results["summary"] = summarise(results["runs"], tasks, suite)
+        results["updated"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        write_json_atomic(out / "results.json", results)
+        _write_text_atomic(out / "results.md", markdown_table(results))
+
+    for task in tasks:
+        for seed in results["seeds"]:
+            run_dir = out / "runs" / task / f"seed{seed}"
+            done = run_dir / "metrics.json"
+            skipped = done.is_file()
+            if skipped:
+                metrics = json.loads(done.read_text())
+                theirs = {k: v for k, v in metrics["model"].items() if k in ("checkpoint", "preset")}
+                if metrics["settings"] != full_settings or theirs != source:
+                    raise BenchmarkMismatchError(
+                        f"{done} was made with other settings or another model ({theirs}); "
+                        f"use another --out, or delete that run to redo it")
+                results["skipped"].append(f"{task}/seed{seed}")
+            else:
+                metrics = finetune(data_root / task, run_dir, model=model, preset=preset,
+                                   layout=SUITES[suite]["layout"], seed=seed, command=command, progress=progress,
+                                   save_model=save_models, **settings)
+            record = _run_record(task, seed, run_dir, metrics)
+            results["runs"].append(record)
+            flush()
+            if on_run is not None:
+                on_run(record, skipped)
+    if not results["runs"]:
+        flush()
+    return results
+
+
+def cmd_benchmark(args) -> int:
+    def report(record, skipped):
+        metric = SUITES[args.suite]["metric"]
+        print(f"{record['task']} seed {record['seed']}: test {metric} {record['test'][metric]:.4f}"
+              f"{' (done before, reused)' if skipped else ''}", flush=True)
+
+    results = run_benchmark(args.suite, args.data_root, args.out, args.tasks, args.seeds, args.first_seed,
+                            model=args.model, preset=args.preset, command=shlex.join(["mergedna", *sys.argv[1:]]),
+                            progress=not args.no_progress, save_models=args.save_models, on_run=report,
+                            **settings_from_args(args))
+    print()
+    print(markdown_table(results))
+    print(f"wrote {args.out}/results.json and {args.out}/results.md")
+    return 0
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``mergedna benchmark``."""
+    p = subparsers.add_parser("benchmark", help="fine-tune tasks x seeds and tabulate mean ± sd next to the "
+                                                "published MergeDNA numbers")
+    p.add_argument("--suite", choices=sorted(SUITES), default="gue")
+    p.add_argument("--data-root", required=True, help="folder holding the suite's task folders (e.g. ../shared/data/gue)")
+    p.add_argument("--tasks", nargs="+", help="task folders relative to --data-root (default: all with a train split)")
+    p.add_argument("--seeds", type=int, default=3, help="number of seeds per task")
+    p.add_argument("--first-seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output directory (rerunning skips finished runs)")
+    p.add_argument("--save-models", action="store_true", help="keep every run's fine-tuned checkpoint")
+    add_training_arguments(p)
+    p.set_defaults(func=cmd_benchmark)
+    return p

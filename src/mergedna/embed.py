@@ -1,0 +1,323 @@
+"""Sequence embeddings from a MergeDNA encoder (the Local + Latent Encoder, φ + ψ).
+
+* **pooled** (default): one vector per sequence, the mean over bases of their tokens' vectors
+  (:func:`~mergedna.heads.pool_bases`, the size-weighted token mean the classifier pools too);
+* **per base**: each base gets its token's vector, gathered through ``assign`` (the un-merge
+  map, :func:`~mergedna.merging.unmerge`), so bases of one token share a vector.
+
+Long sequences are cut into windows of ``chunk_length`` bases (default: the model's
+``max_length``) overlapping by ``chunk_overlap`` (default a quarter), the last window aligned to
+the sequence end, exactly as the ``chunk`` length policy of :mod:`mergedna.data.task_batching`
+cuts them. Pooled: the chunks' vectors averaged with weights = chunk lengths; per base: each
+position averages the chunks that cover it.
+
+Reverse-complement averaging (``rc_average``) embeds every chunk a second time as its reverse
+complement and averages the two: pooled vectors directly, per-base vectors after flipping the
+reverse strand's back to forward positions. For a sequence that needs no chunking this is
+exactly the mean of embedding the sequence and embedding its reverse complement.
+
+Files (:func:`embed_file`): FASTA or CSV/TSV in (``.gz`` too), read as a stream in blocks;
+``.npy`` (pooled ``(n, D)``; per base ``(total bases, D)``, sequences one after another, with a
+``<out stem>.ids.tsv`` sidecar giving each sequence's ``index, id, length, offset``) or Parquet
+(columns ``id, length, embedding`` pooled; ``id, position, embedding`` per base, one row group
+per block). A first pass over the input validates every sequence and counts them, so a bad
+character fails before any model work; the outputs are written to temporary files renamed into
+place at the end, so an error never leaves a half-written output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .data.task_formats import (FASTA_SUFFIXES, NAME_COLUMNS, SEQUENCE_COLUMNS, TABLE_SUFFIXES, _column,
+                                _open_text, _sniff_delimiter, format_suffix)
+from .heads import pool_bases
+from .merging import unmerge
+from .model import MergeDNAModel
+from .pretrained import CONFIG_NAME, MergeDNAPreTrainedModel
+from .vocab import PAD, encode, reverse_complement
+
+
+class _EncoderCheckpoint(MergeDNAPreTrainedModel):
+    """Holds only ``mergedna.*`` weights: loads the encoder out of any pretraining or head checkpoint."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.mergedna = MergeDNAModel(config)
+
+
+def load_encoder(directory: str | os.PathLike, **config_overrides) -> MergeDNAModel:
+    """The encoder (φ + ψ) of any mergedna checkpoint directory, in eval mode."""
+    cfg = json.loads((Path(directory) / CONFIG_NAME).read_text()) if (Path(directory) / CONFIG_NAME).is_file() else {}
+    if cfg.get("architectures") == ["MergeDNAModel"]:
+        encoder = MergeDNAModel.from_pretrained(directory, **config_overrides)
+    else:
+        encoder = _EncoderCheckpoint.from_pretrained(directory, **config_overrides).mergedna
+    return encoder.eval()
+
+
+def as_encoder(model) -> MergeDNAModel:
+    """``model`` itself if it is a :class:`MergeDNAModel`, its ``.mergedna`` for the heads and the
+    pretraining model, or the encoder loaded from a checkpoint path."""
+    if isinstance(model, (str, os.PathLike)):
+        return load_encoder(model)
+    return model if isinstance(model, MergeDNAModel) else model.mergedna
+
+
+def chunk_starts(length: int, chunk_length: int, overlap: int) -> np.ndarray:
+    """Start of each window of ``chunk_length`` bases (stride ``chunk_length - overlap``, the last
+    aligned to the end), as the ``chunk`` policy of task_batching computes them."""
+    excess = max(length - chunk_length, 0)
+    stride = chunk_length - overlap
+    return np.minimum(np.arange(1 + -(-excess // stride)) * stride, excess)
+
+
+@torch.no_grad()
+def _run(encoder: MergeDNAModel, pieces: list[np.ndarray], per_base: bool, precision: str,
+         merge_ratio) -> list[np.ndarray]:
+    """Embed id arrays ``pieces`` (each at most the batch) in one forward pass."""
+    lengths = torch.tensor([len(p) for p in pieces])
+    ids = torch.full((len(pieces), int(lengths.max())), PAD, dtype=torch.long)  # (B, N)
+    for b, piece in enumerate(pieces):
+        ids[b, : len(piece)] = torch.from_numpy(piece.astype(np.int64))
+    mask = torch.arange(ids.shape[1])[None, :] < lengths[:, None]
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        out = encoder(ids, mask, merge_ratio)
+    z = out.last_hidden_state.float()
+    if per_base:
+        x = unmerge(z, out.assign).numpy()  # (B, N, D): each base its token's vector
+        return [x[b, : len(p)] for b, p in enumerate(pieces)]
+    return list(pool_bases(z, out.token_sizes, out.token_mask).numpy())  # B × (D,)
+
+
+def iter_embeddings(model, records: Iterable[tuple[str, np.ndarray]], per_base: bool = False,
+                    rc_average: bool = False, chunk_length: int | None = None, chunk_overlap: int | None = None,
+                    batch_size: int = 32, precision: str = "fp32", merge_ratio: float | None = None,
+                    block_bases: int | None = None) -> Iterator[tuple[str, np.ndarray]]:
+    """Yield ``(name, embedding)`` for ``(name, ids)`` records, in input order; pooled ``(D,)`` or
+    per-base ``(length, D)`` float32 (module docstring for chunks and ``rc_average``).
+
+    Records are taken in blocks of about ``block_bases`` bases (default 64 batches of full
+    chunks); inside a block the chunks are sorted by length so batches pad little. The model's
+    outputs do not depend on batch composition, so results do not depend on ``batch_size``.
+    """
+    encoder = as_encoder(model)
+    encoder.eval()
+    chunk_length = chunk_length or encoder.config.max_length
+    overlap = chunk_length // 4 if chunk_overlap is None else chunk_overlap
+    if not 0 <= overlap < chunk_length:
+        raise ValueError(f"chunk_overlap must be in [0, chunk_length), got {overlap} for {chunk_length}")
+    block_bases = block_bases or 64 * batch_size * chunk_length
+    records = iter(records)
+    while True:
+        block, bases = [], 0
+        for name, ids in records:
+            block.append((name, ids))
+            bases += len(ids)
+            if bases >= block_bases:
+                break
+        if not block:
+            return
+        # (record, start, reverse?) per piece; pieces sorted by length, longest first
+        pieces = [(r, int(s), rc) for r, (_, ids) in enumerate(block)
+                  for s in chunk_starts(len(ids), chunk_length, overlap) for rc in ((False, True) if rc_average else (False,))]
+        pieces.sort(key=lambda p: -min(chunk_length, len(block[p[0]][1])))
+        sums = [np.zeros((len(ids), 1) if per_base else 1, np.float64) for _, ids in block]
+        acc = [None] * len(block)
+        for k in range(0, len(pieces), batch_size):
+            batch = pieces[k : k + batch_size]
+            arrays = []
+            for r, s, rc in batch:
+                piece = block[r][1][s : s + chunk_length]
+                arrays.append(reverse_complement(piece) if rc else piece)
+            for (r, s, rc), vec in zip(batch, _run(encoder, arrays, per_base, precision, merge_ratio)):
+                n = len(vec) if per_base else min(chunk_length, len(block[r][1]))
+                if acc[r] is None:
+                    acc[r] = np.zeros((len(block[r][1]), vec.shape[-1]) if per_base else vec.shape, np.float64)
+                if per_base:  # the reverse strand's row j is forward position n - 1 - j
+                    acc[r][s : s + n] += vec[::-1] if rc else vec
+                    sums[r][s : s + n] += 1
+                else:  # weight = bases in the chunk
+                    acc[r] += n * vec
+                    sums[r] += n
+        for (name, _), total, weight in zip(block, acc, sums):
+            yield name, (total / weight).astype(np.float32)
+
+
+def embed_sequences(model, sequences: list[str], names: list[str] | None = None, per_base: bool = False,
+                    **kwargs) -> np.ndarray | list[np.ndarray]:
+    """Embed DNA strings. ``model``: a :class:`MergeDNAModel`, a model holding one (``.mergedna``)
+    or a checkpoint path. Pooled: ``(n, D)`` float32; per base: a list of ``(length_i, D)`` arrays.
+    Other options as in :func:`iter_embeddings`. A bad character raises
+    :class:`~mergedna.vocab.InvalidSequenceError` naming the record."""
+    names = names or [f"sequence {i + 1}" for i in range(len(sequences))]
+    records = ((name, encode(seq, record=name)) for name, seq in zip(names, sequences))
+    out = [vec for _, vec in iter_embeddings(model, records, per_base=per_base, **kwargs)]
+    return out if per_base else np.stack(out) if out else np.zeros((0, as_encoder(model).config.hidden_size), np.float32)
+
+
+def read_sequences(path: str | os.PathLike, sequence_column: str | int | None = None,
+                   id_column: str | int | None = None) -> Iterator[tuple[str, np.ndarray]]:
+    """Stream ``(id, ids)`` records from FASTA (id = header up to the first blank) or CSV/TSV
+    (sequence column by name or index, else the usual names; id column likewise, else
+    ``<file>:<line>``). Bad characters raise an error naming file, record and position."""
+    path = Path(path)
+    fmt = format_suffix(path)
+    with _open_text(path) as fh:
+        if fmt in FASTA_SUFFIXES:
+            name, parts = None, []
+            for line in itertools.chain(fh, [">"]):
+                line = line.strip()
+                if line.startswith(">"):
+                    if name is not None:
+                        if not parts:
+                            raise ValueError(f"{path}: record {name!r} has no sequence")
+                        yield name, encode("".join(parts), record=name, file=str(path))
+                    name, parts = (line[1:].split() or [""])[0], []
+                elif line:
+                    if name is None:
+                        raise ValueError(f"{path}: not FASTA: sequence before the first '>' header")
+                    parts.append(line)
+        elif fmt in TABLE_SUFFIXES:
+            first = fh.readline()
+            reader = csv.reader(itertools.chain([first], fh), delimiter=_sniff_delimiter(first, path))
+            head = next(reader)
+            seq_i = _column(head, sequence_column, SEQUENCE_COLUMNS, "sequence", path)
+            id_i = _column(head, id_column, NAME_COLUMNS, "id", path, required=False)
+            for row in reader:
+                if not any(f.strip() for f in row):
+                    continue
+                name = row[id_i].strip() if id_i is not None else f"{path.name}:{reader.line_num}"
+                if len(row) <= seq_i or not row[seq_i].strip():
+                    raise ValueError(f"{path}, line {reader.line_num}: no sequence")
+                yield name, encode(row[seq_i].strip(), record=f"{name} (line {reader.line_num})", file=str(path))
+        else:
+            raise ValueError(f"{path}: unknown input format {fmt!r}; expected FASTA {FASTA_SUFFIXES} "
+                             f"or table {TABLE_SUFFIXES} (optionally .gz)")
+
+
+def _temp_beside(path: Path, suffix: str) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def embed_file(model, input_path: str | os.PathLike, out_path: str | os.PathLike, per_base: bool = False,
+               sequence_column=None, id_column=None, progress: bool = True, **kwargs) -> dict:
+    """Embed every sequence of ``input_path`` into ``out_path`` (``.npy`` or ``.parquet``; layout in
+    the module docstring). Returns ``{"sequences", "bases", "dim", "out", "ids"}``."""
+    out_path = Path(out_path)
+    kind = out_path.suffix.lower()
+    if kind not in (".npy", ".parquet"):
+        raise ValueError(f"{out_path}: output must end in .npy or .parquet")
+    encoder = as_encoder(model)
+    lengths = [len(ids) for _, ids in read_sequences(input_path, sequence_column, id_column)]  # validate + count
+    n, total, dim = len(lengths), int(sum(lengths)), encoder.config.hidden_size
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    ids_path = out_path.with_suffix(".ids.tsv") if kind == ".npy" else None
+    temps = [_temp_beside(out_path, kind)] + ([_temp_beside(ids_path, ".tsv")] if ids_path else [])
+    stream = iter_embeddings(encoder, read_sequences(input_path, sequence_column, id_column), per_base, **kwargs)
+    bar = tqdm(stream, total=n, unit="seq", desc="embed", disable=not progress)
+    try:
+        if kind == ".npy":
+            array = np.lib.format.open_memmap(temps[0], mode="w+", dtype=np.float32,
+                                              shape=(total if per_base else n, dim))
+            offset = 0
+            with open(temps[1], "w") as side:
+                side.write("index\tid\tlength\toffset\n")
+                for i, (name, vec) in enumerate(bar):
+                    if per_base:
+                        array[offset : offset + len(vec)] = vec
+                    else:
+                        array[i] = vec
+                    side.write(f"{i}\t{name}\t{lengths[i]}\t{offset if per_base else i}\n")
+                    offset += lengths[i]
+            array.flush()
+            del array
+        else:
+            _write_parquet(temps[0], bar, lengths, dim, per_base)
+        if ids_path is not None:
+            os.replace(temps[1], ids_path)
+        os.replace(temps[0], out_path)
+    except BaseException:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+        raise
+    return {"sequences": n, "bases": total, "dim": dim, "out": str(out_path),
+            "ids": str(ids_path) if ids_path else None}
+
+
+def _write_parquet(path: Path, stream, lengths: list[int], dim: int, per_base: bool, rows_per_group: int = 4096):
+    """Write ``(id, vector)`` items of ``stream`` as Parquet row groups of about ``rows_per_group`` rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([("id", pa.string()), ("position" if per_base else "length", pa.int64()),
+                        ("embedding", pa.list_(pa.float32(), dim))])
+    buffer: list[tuple[str, int, np.ndarray]] = []  # (id, sequence length, vector(s))
+    with pq.ParquetWriter(str(path), schema) as writer:
+
+        def flush():
+            if per_base:  # one row per base
+                ids = [name for name, length, _ in buffer for _ in range(length)]
+                second = np.concatenate([np.arange(length) for _, length, _ in buffer])
+            else:
+                ids, second = [name for name, _, _ in buffer], np.array([length for _, length, _ in buffer])
+            flat = np.concatenate([vec.reshape(-1) for _, _, vec in buffer])
+            vectors = pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), dim)
+            writer.write_table(pa.Table.from_arrays([pa.array(ids, pa.string()), pa.array(second, pa.int64()),
+                                                     vectors], schema=schema))
+            buffer.clear()
+
+        rows = 0
+        for i, (name, vec) in enumerate(stream):
+            buffer.append((name, lengths[i], vec))
+            rows += lengths[i] if per_base else 1
+            if rows >= rows_per_group:
+                flush()
+                rows = 0
+        if buffer:
+            flush()
+
+
+def cmd_embed(args) -> int:
+    overrides = {"merge_ratio": args.merge_ratio} if args.merge_ratio is not None else {}
+    info = embed_file(load_encoder(args.model, **overrides), args.input, args.out, per_base=args.per_base,
+                      sequence_column=args.sequence_column, id_column=args.id_column, progress=not args.no_progress,
+                      rc_average=args.rc_average, chunk_length=args.chunk_length, chunk_overlap=args.chunk_overlap,
+                      batch_size=args.batch_size, precision="bf16" if args.bf16 else "fp32")
+    shape = (info["bases"] if args.per_base else info["sequences"], info["dim"])
+    print(f"embedded {info['sequences']} sequences ({info['bases']} bases) -> {info['out']} {shape}"
+          + (f", ids in {info['ids']}" if info["ids"] else ""))
+    return 0
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``mergedna embed``."""
+    p = subparsers.add_parser("embed", help="embed sequences (FASTA or CSV/TSV) to .npy or Parquet")
+    p.add_argument("--model", required=True, help="checkpoint directory (any mergedna checkpoint)")
+    p.add_argument("--input", required=True, help="FASTA or CSV/TSV file (.gz too)")
+    p.add_argument("--out", required=True, help="output .npy (with an .ids.tsv sidecar) or .parquet")
+    p.add_argument("--per-base", action="store_true", help="one vector per base (token vector via assign)")
+    p.add_argument("--rc-average", action="store_true", help="average with the reverse complement's embedding")
+    p.add_argument("--chunk-length", type=int, help="window for long sequences (default: the model's max_length)")
+    p.add_argument("--chunk-overlap", type=int, help="overlap of windows (default: a quarter of the window)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--merge-ratio", type=float, help="override the model's merge_ratio (L/N)")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (default fp32)")
+    p.add_argument("--sequence-column", help="CSV/TSV sequence column (default: sequence/seq/...)")
+    p.add_argument("--id-column", help="CSV/TSV id column (default: name/id/...; else file:line)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_embed)
+    return p

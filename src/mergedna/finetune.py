@@ -1,0 +1,496 @@
+"""Fine-tuning and honest evaluation of sequence classifiers (SPEC §8).
+
+:func:`finetune` trains a :class:`~mergedna.heads.MergeDNAForSequenceClassification` on a labelled
+task, from a checkpoint (``model=DIR``) or from random initialisation (``preset=NAME``, the
+from-scratch baseline), and evaluates it the way benchmarks are meant to be read:
+
+* model selection on **dev only**: dev metrics every ``eval_every`` steps, early stopping when the
+  selection metric (dev MCC by default) has not improved for ``patience`` evaluations, and the
+  best-on-dev weights restored at the end;
+* **one** evaluation on test, after selection.
+
+Splits: a task without dev gets one carved from train (stratified, :func:`make_split` with
+``split_seed``, fraction ``dev_fraction``); a single unsplit file is split 80/10/10. A task
+without train (GUE's EMP, ``splice/reconstructed``...) is an error unless ``train_on_dev``: then a
+stratified part of dev is carved off for selection, the rest is trained on, and the result is
+marked ``comparable: false`` (the published numbers never trained on dev).
+
+Training: full fine-tuning, or LoRA (``lora_rank > 0``, via ``peft``) on the attention ``qkv``/
+``proj`` and SwiGLU ``w12``/``w3`` linears of every Local and Latent Encoder block, the encoder
+frozen and the head trained; the adapters are merged into the weights before the test
+evaluation and the save, so the saved checkpoint is a plain one. AdamW (weight decay on matrices
+only), linear warm-up then linear or cosine decay, gradient clipping, bf16 autocast on CPU by
+default (``precision="fp32"`` to switch it off).
+
+Output directory: ``metrics.json`` (written last and atomically: its presence means the run
+finished), ``model/`` (``save_pretrained``), ``dev_curve.png`` and ``test_predictions.tsv``.
+Metrics: MCC, accuracy, macro-F1 and AUROC (binary: the positive class's probability;
+multiclass: one-vs-rest macro; ``None`` when undefined, e.g. one class only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import math
+import os
+import platform
+import random
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.exceptions import UndefinedMetricWarning
+from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef, roc_auc_score
+from tqdm.auto import tqdm
+
+from . import __version__
+from .config import PRESETS, preset as preset_config
+from .data.task_batching import LENGTH_POLICIES, average_chunk_logits, make_dataloader
+from .data.tasks import LAYOUTS, LabelledSplit, Task, load_task, make_split
+from .heads import MergeDNAForSequenceClassification
+
+METRICS = ("mcc", "accuracy", "f1", "auroc")
+# every Local and Latent Encoder block's attention and SwiGLU linears (not the grouping projections)
+LORA_TARGETS = r"mergedna\.(local_encoder|latent_encoder)\.blocks\.\d+\.(attn\.(qkv|proj)|ffn\.(w12|w3))"
+
+
+class TaskSetupError(ValueError):
+    """The task cannot be fine-tuned as asked (e.g. no train split without ``train_on_dev``)."""
+
+
+@dataclass
+class FinetuneSettings:
+    """Hyperparameters of one run. ``max_steps`` (when set) wins over ``epochs``; ``eval_every``
+    None means about ten evaluations per run and at least one per epoch; ``patience`` None turns
+    early stopping off (the best-on-dev weights are still restored)."""
+
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    batch_size: int = 32
+    eval_batch_size: int | None = None
+    epochs: float = 3.0
+    max_steps: int | None = None
+    warmup_ratio: float = 0.1
+    warmup_steps: int | None = None
+    schedule: str = "linear"
+    eval_every: int | None = None
+    patience: int | None = 3
+    select_metric: str = "mcc"
+    clip: float = 1.0
+    precision: str = "bf16"
+    lora_rank: int = 0
+    lora_alpha: float | None = None
+    lora_dropout: float = 0.05
+    length_policy: str = "error"
+    max_length: int | None = None
+    merge_ratio: float | None = None
+    dev_fraction: float = 0.1
+    split_seed: int = 0
+    train_on_dev: bool = False
+
+    def __post_init__(self):
+        checks = {"schedule": (self.schedule, ("linear", "cosine")), "precision": (self.precision, ("bf16", "fp32")),
+                  "select_metric": (self.select_metric, METRICS), "length_policy": (self.length_policy, LENGTH_POLICIES)}
+        for name, (value, allowed) in checks.items():
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        if not 0 < self.dev_fraction < 0.5:
+            raise ValueError(f"dev_fraction must be in (0, 0.5), got {self.dev_fraction}")
+
+
+def classification_metrics(labels: np.ndarray, probs: np.ndarray) -> dict:
+    """MCC, accuracy, macro-F1 and AUROC of class probabilities ``probs`` (n, C) against ``labels`` (n,)."""
+    pred = probs.argmax(1)
+    out = {"mcc": float(matthews_corrcoef(labels, pred)), "accuracy": float(accuracy_score(labels, pred)),
+           "f1": float(f1_score(labels, pred, average="macro", labels=np.arange(probs.shape[1]), zero_division=0))}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UndefinedMetricWarning)
+            if probs.shape[1] == 2:
+                auroc = float(roc_auc_score(labels, probs[:, 1]))
+            else:
+                auroc = float(roc_auc_score(labels, probs, multi_class="ovr", average="macro",
+                                            labels=np.arange(probs.shape[1])))
+    except ValueError:  # sklearn raises or returns NaN when a class is absent from labels
+        auroc = math.nan
+    out["auroc"] = auroc if math.isfinite(auroc) else None
+    return out
+
+
+def prepare_splits(task: Task, settings: FinetuneSettings) -> tuple[dict[str, LabelledSplit], dict]:
+    """``({"train", "dev", "test"}, notes)``: the task's splits, with dev carved (and said so in
+    ``notes``) when the task has none, per the module docstring."""
+    splits, notes = dict(task.splits), {"comparable": True, "dev_source": "task"}
+    frac = (1 - settings.dev_fraction, settings.dev_fraction)
+    if set(splits) == {"all"}:
+        f = settings.dev_fraction  # dev and test get f each: 80/10/10 at the default
+        splits = make_split(task, (1 - 2 * f, f, f), seed=settings.split_seed).splits
+        notes["dev_source"] = notes["test_source"] = f"carved from the single file (split_seed {settings.split_seed})"
+    if "train" not in splits:
+        if not settings.train_on_dev:
+            raise TaskSetupError(
+                f"task {task.name!r} has no train split (missing: {list(task.missing_splits)}); pass "
+                "--train-on-dev (train_on_dev=True) to train on its dev split, which makes the result "
+                "not comparable with published numbers")
+        if "dev" not in splits:
+            raise TaskSetupError(f"task {task.name!r} has neither a train nor a dev split")
+        carved = make_split(splits.pop("dev"), frac, seed=settings.split_seed)
+        splits["train"], splits["dev"] = carved["train"], carved["test"]
+        notes.update(comparable=False, dev_source=f"{settings.dev_fraction:.0%} of the task's dev split, stratified",
+                     reason="trained on the task's dev split (the task ships without train)")
+    elif "dev" not in splits:
+        carved = make_split(splits["train"], frac, seed=settings.split_seed)
+        splits["train"], splits["dev"] = carved["train"], carved["test"]
+        notes["dev_source"] = (f"{settings.dev_fraction:.0%} of train, stratified "
+                               f"(split_seed {settings.split_seed}); the task ships without dev")
+    if "test" not in splits:
+        raise TaskSetupError(f"task {task.name!r} has no test split (it has {sorted(task.splits)})")
+    empty = [k for k in ("train", "dev", "test") if len(splits[k]) == 0]
+    if empty:
+        raise TaskSetupError(f"task {task.name!r}: split(s) {empty} came out empty ({notes['dev_source']}); "
+                             f"the task is too small for dev_fraction {settings.dev_fraction}")
+    return {k: splits[k] for k in ("train", "dev", "test")}, notes
+
+
+def build_model(task: Task, model: str | os.PathLike | None, preset: str | None,
+                settings: FinetuneSettings) -> tuple[MergeDNAForSequenceClassification, dict]:
+    """The classifier for ``task``: from checkpoint ``model`` (fresh head) or random ``preset``.
+    Call after seeding: the random parts draw from torch's global generator."""
+    if (model is None) == (preset is None):
+        raise ValueError("give exactly one of model (a checkpoint directory) or preset (random initialisation)")
+    overrides = {"num_labels": task.num_classes, "label_names": list(task.label_names)}
+    for key in ("merge_ratio", "max_length"):
+        if getattr(settings, key) is not None:
+            overrides[key] = getattr(settings, key)
+    if model is not None:
+        return (MergeDNAForSequenceClassification.from_pretrained(model, **overrides),
+                {"checkpoint": str(Path(model).resolve()), "init": "pretrained"})
+    return MergeDNAForSequenceClassification(preset_config(preset, **overrides)), {"preset": preset, "init": "random"}
+
+
+def apply_lora(model: MergeDNAForSequenceClassification, rank: int, alpha: float | None = None,
+               dropout: float = 0.0):
+    """Wrap ``model`` with LoRA adapters of ``rank`` on :data:`LORA_TARGETS` (``peft``); every
+    other weight is frozen except the classification head. Returns the ``PeftModel``; its
+    ``merge_and_unload()`` gives back a plain classifier with the adapters folded in."""
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(r=rank, lora_alpha=2 * rank if alpha is None else alpha, lora_dropout=dropout,
+                     target_modules=LORA_TARGETS, bias="none")
+    wrapped = get_peft_model(model, cfg)
+    for param in model.classifier.parameters():
+        param.requires_grad_(True)
+    return wrapped
+
+
+def autocast(precision: str):
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+@torch.no_grad()
+def evaluate(model, loader, split: LabelledSplit, precision: str = "bf16", name: str = "eval",
+             progress: bool = False) -> dict:
+    """Metrics of ``model`` on ``split`` (the split ``loader`` was built from, before any length
+    policy). Chunk logits are averaged per sequence. Returns :func:`classification_metrics` plus
+    ``loss`` and ``probs`` (n, C) in row order of ``split``."""
+    was_training = model.training
+    model.eval()
+    logits, parents = [], []
+    for batch in tqdm(loader, desc=name, leave=False, disable=not progress):
+        with autocast(precision):
+            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        logits.append(out.logits.float())
+        parents.append(batch["parent"])
+    model.train(was_training)
+    per_seq = average_chunk_logits(torch.cat(logits), torch.cat(parents), num_parents=len(split))  # (n, C)
+    labels = torch.from_numpy(split.labels)
+    probs = F.softmax(per_seq.double(), dim=-1).numpy()
+    return {**classification_metrics(split.labels, probs), "loss": float(F.cross_entropy(per_seq, labels)),
+            "probs": probs}
+
+
+def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
+    """Multiplier of the peak lr at optimizer step ``step`` (0-based): linear warm-up over ``warmup``
+    steps, then linear or cosine decay towards 0 at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return max(0.0, 1.0 - progress) if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def fit(model, train_loader, evaluate_dev, settings: FinetuneSettings, progress: bool = True) -> dict:
+    """Train ``model`` (its parameters with ``requires_grad``) on ``train_loader``; every
+    ``eval_every`` steps and at the end call ``evaluate_dev(model) -> metrics``. Restores the
+    trainable weights of the best dev evaluation (first one wins ties). Returns the history:
+    ``dev_curve``, ``best_step``, ``best_dev``, ``steps``, ``stopped_early``."""
+    steps_per_epoch = len(train_loader)
+    total = settings.max_steps or max(1, math.ceil(settings.epochs * steps_per_epoch))
+    eval_every = settings.eval_every or max(1, min(steps_per_epoch, math.ceil(total / 10)))
+    warmup = settings.warmup_steps if settings.warmup_steps is not None else round(settings.warmup_ratio * total)
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [{"params": [p for _, p in trainable if p.ndim >= 2], "weight_decay": settings.weight_decay},
+              {"params": [p for _, p in trainable if p.ndim < 2], "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=settings.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total, settings.schedule))
+    curve, best, best_state, bad, losses = [], None, None, 0, []
+    step, epoch, stopped_early = 0, 0, False
+    bar = tqdm(total=total, desc="fine-tune", disable=not progress, dynamic_ncols=True)
+    model.train()
+    while step < total and not stopped_early:
+        train_loader.batch_sampler.set_epoch(epoch)
+        for batch in train_loader:
+            with autocast(settings.precision):
+                loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                             labels=batch["labels"]).loss
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite training loss {loss.item()} at step {step + 1}")
+            loss.backward()
+            if settings.clip:
+                torch.nn.utils.clip_grad_norm_([p for _, p in trainable], settings.clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            losses.append(loss.item())
+            bar.update(1)
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+            if step % eval_every == 0 or step == total:
+                dev = {k: v for k, v in evaluate_dev(model).items() if k != "probs"}
+                curve.append({"step": step, "epoch": round(step / steps_per_epoch, 3),
+                              "train_loss": float(np.mean(losses)), "dev": dev})
+                losses = []
+                score = dev[settings.select_metric]
+                score = -math.inf if score is None else score
+                if best is None or score > best[1]:
+                    best, bad = (step, score, dev), 0
+                    best_state = [p.detach().clone() for _, p in trainable]
+                else:
+                    bad += 1
+                    stopped_early = settings.patience is not None and bad >= settings.patience
+                bar.set_postfix(loss=f"{curve[-1]['train_loss']:.4f}",
+                                **{f"dev_{settings.select_metric}": f"{score:.3f}"})
+            if step >= total or stopped_early:
+                break
+        epoch += 1
+    bar.close()
+    with torch.no_grad():
+        for (_, p), saved in zip(trainable, best_state):
+            p.copy_(saved)
+    return {"dev_curve": curve, "best_step": best[0], "best_dev": best[2], "steps": step, "total_steps": total,
+            "eval_every": eval_every, "warmup_steps": warmup, "stopped_early": stopped_early,
+            "steps_per_epoch": steps_per_epoch}
+
+
+def run_metadata(command: str | None = None) -> dict:
+    """Command, UTC date, git commit of the package's checkout (and whether it is dirty), machine."""
+    here = Path(__file__).resolve().parent
+
+    def git(*args):
+        try:
+            res = subprocess.run(["git", "-C", str(here), *args], capture_output=True, text=True, timeout=10)
+            return res.stdout.strip() if res.returncode == 0 else None
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"command": command if command is not None else shlex.join(sys.argv),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "git_commit": commit, "git_dirty": bool(status) if status is not None else None,
+            "mergedna_version": __version__,
+            "machine": {"host": platform.node(), "platform": platform.platform(), "processor": platform.machine(),
+                        "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                        "python": platform.python_version(), "torch": torch.__version__}}
+
+
+def write_json_atomic(path: str | os.PathLike, obj) -> None:
+    """Write ``obj`` as JSON to ``path`` through a temporary sibling and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(obj, fh, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def plot_dev_curve(result: dict, path: str | os.PathLike) -> None:
+    """PNG of the dev selection metric (and accuracy) and the train loss against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curve, metric = result["dev_curve"], result["settings"]["select_metric"]
+    steps = [c["step"] for c in curve]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key in dict.fromkeys((metric, "accuracy")):
+        ax.plot(steps, [np.nan if c["dev"][key] is None else c["dev"][key] for c in curve], marker="o",
+                label=f"dev {key}")
+    ax.axvline(result["best_step"], color="grey", linestyle="--", label=f"best step {result['best_step']}")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("dev metric")
+    loss_ax = ax.twinx()
+    loss_ax.plot(steps, [c["train_loss"] for c in curve], color="tab:red", alpha=0.5, label="train loss")
+    loss_ax.set_ylabel("train loss")
+    handles = ax.get_legend_handles_labels()[0] + loss_ax.get_legend_handles_labels()[0]
+    ax.legend(handles=handles, loc="best", fontsize=8)
+    ax.set_title(f"{result['task']['name']} seed {result['seed']}: test {metric} "
+                 f"{result['test'][metric] if result['test'][metric] is not None else float('nan'):.3f}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _write_predictions(path: Path, split: LabelledSplit, probs: np.ndarray, label_names) -> None:
+    with open(path, "w") as fh:
+        fh.write("\t".join(["name", "label", "prediction", *(f"p_{n}" for n in label_names)]) + "\n")
+        for i, (name, label, p) in enumerate(zip(split.names, split.labels, probs)):
+            fh.write("\t".join([name, label_names[label], label_names[int(p.argmax())],
+                                *(f"{x:.6g}" for x in p)]) + "\n")
+
+
+def finetune(task, out: str | os.PathLike | None = None, *, model: str | os.PathLike | None = None,
+             preset: str | None = None, layout: str = "gue", seed: int = 0, command: str | None = None,
+             progress: bool = True, save_model: bool = True, **settings) -> dict:
+    """Fine-tune on ``task`` (a :class:`Task` or a path read with ``layout``) and evaluate once on test.
+
+    With ``out``, writes the files of the module docstring (``model/`` only with ``save_model``).
+    ``settings`` are :class:`FinetuneSettings` fields. Returns what ``out/metrics.json`` holds
+    (when ``out`` is given): task and split notes, model source and config, settings, seed, run
+    metadata (:func:`run_metadata`), ``dev_curve``, ``best_step``, ``best_dev``, ``test`` metrics
+    and ``test_evaluations`` (always 1).
+    """
+    settings = FinetuneSettings(**settings)
+    started = time.time()
+    if not isinstance(task, Task):
+        task = load_task(task, layout)
+    splits, notes = prepare_splits(task, settings)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    classifier, source = build_model(task, model, preset, settings)
+    net = apply_lora(classifier, settings.lora_rank, settings.lora_alpha, settings.lora_dropout) \
+        if settings.lora_rank > 0 else classifier
+    max_length = classifier.config.max_length
+    eval_bs = settings.eval_batch_size or 2 * settings.batch_size
+
+    def loader(name, shuffle, batch_size):
+        return make_dataloader(splits[name], batch_size, max_length, settings.length_policy, shuffle=shuffle,
+                               seed=seed)
+
+    train_loader, dev_loader = loader("train", True, settings.batch_size), loader("dev", False, eval_bs)
+    history = fit(net, train_loader,
+                  lambda m: evaluate(m, dev_loader, splits["dev"], settings.precision, "dev"), settings, progress)
+    trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    if settings.lora_rank > 0:
+        classifier = net.merge_and_unload()
+    test = evaluate(classifier, loader("test", False, eval_bs), splits["test"], settings.precision, "test", progress)
+    probs = test.pop("probs")
+    result = {
+        "task": {"name": task.name, "root": task.root, "metric": task.metric, "label_names": list(task.label_names),
+                 "sizes": {k: len(v) for k, v in splits.items()}, **notes},
+        "model": {**source, "config": classifier.config.to_dict(), "parameters": classifier.num_parameters(),
+                  "trainable_parameters": trainable, "mode": "lora" if settings.lora_rank > 0 else "full"},
+        "settings": dataclasses.asdict(settings), "seed": seed, **run_metadata(command), **history,
+        "test": test, "test_evaluations": 1, "seconds": round(time.time() - started, 1)}
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        if save_model:
+            classifier.save_pretrained(out / "model")
+        _write_predictions(out / "test_predictions.tsv", splits["test"], probs, task.label_names)
+        plot_dev_curve(result, out / "dev_curve.png")
+        write_json_atomic(out / "metrics.json", result)
+    return result
+
+
+def add_training_arguments(p: argparse.ArgumentParser) -> None:
+    """Options shared by ``finetune`` and ``benchmark``: model source and :class:`FinetuneSettings`."""
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="checkpoint directory (save_pretrained); the head is new")
+    src.add_argument("--preset", choices=sorted(PRESETS), help="random initialisation (the from-scratch baseline)")
+    d = FinetuneSettings()
+    p.add_argument("--lora-rank", type=int, default=d.lora_rank, help="LoRA rank; 0 = full fine-tuning (default)")
+    p.add_argument("--lora-alpha", type=float, help="LoRA alpha (default 2 x rank)")
+    p.add_argument("--lora-dropout", type=float, default=d.lora_dropout)
+    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (paper grid: 1e-5, 5e-5, 1e-4)")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay (paper: 0 or 0.01)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--eval-batch-size", type=int, help="default 2 x batch size")
+    p.add_argument("--epochs", type=float, default=d.epochs)
+    p.add_argument("--max-steps", type=int, help="optimizer steps (wins over --epochs)")
+    p.add_argument("--warmup-ratio", type=float, default=d.warmup_ratio, help="warm-up as a fraction of all steps")
+    p.add_argument("--warmup-steps", type=int, help="warm-up steps (wins over --warmup-ratio)")
+    p.add_argument("--schedule", choices=("linear", "cosine"), default=d.schedule, help="decay after warm-up")
+    p.add_argument("--eval-every", type=int, help="steps between dev evaluations (default: ~10 per run)")
+    p.add_argument("--patience", type=int, default=d.patience,
+                   help="stop after this many dev evaluations without improvement (0 = never stop early)")
+    p.add_argument("--select-metric", choices=METRICS, default=d.select_metric, help="dev metric for selection")
+    p.add_argument("--clip", type=float, default=d.clip, help="gradient-norm clip (0 = off)")
+    p.add_argument("--fp32", action="store_true", help="no bf16 autocast")
+    p.add_argument("--length-policy", choices=LENGTH_POLICIES, default=d.length_policy,
+                   help="sequences longer than the model's max_length: error, truncate (centre) or chunk")
+    p.add_argument("--max-length", type=int, help="override the model's max_length")
+    p.add_argument("--merge-ratio", type=float, help="override the model's merge_ratio (L/N)")
+    p.add_argument("--dev-fraction", type=float, default=d.dev_fraction, help="share carved for dev when needed")
+    p.add_argument("--split-seed", type=int, default=d.split_seed, help="seed of carved splits (fixed across seeds)")
+    p.add_argument("--train-on-dev", action="store_true",
+                   help="train on dev when a task has no train split (result marked not comparable)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def settings_from_args(args) -> dict:
+    """:class:`FinetuneSettings` keyword arguments from parsed :func:`add_training_arguments` options."""
+    names = {f.name for f in dataclasses.fields(FinetuneSettings)} - {"precision", "patience"}
+    kwargs = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    kwargs["precision"] = "fp32" if args.fp32 else "bf16"
+    kwargs["patience"] = args.patience or None
+    return kwargs
+
+
+def format_metrics(metrics: dict) -> str:
+    return "  ".join(f"{k} {metrics[k]:.4f}" if metrics[k] is not None else f"{k} n/a" for k in METRICS)
+
+
+def cmd_finetune(args) -> int:
+    result = finetune(args.task, args.out, model=args.model, preset=args.preset, layout=args.layout, seed=args.seed,
+                      command=shlex.join(["mergedna", *sys.argv[1:]]), progress=not args.no_progress,
+                      **settings_from_args(args))
+    task = result["task"]
+    print(f"task {task['name']}: train {task['sizes']['train']}, dev {task['sizes']['dev']}, "
+          f"test {task['sizes']['test']} (dev: {task['dev_source']})")
+    if not task["comparable"]:
+        print(f"NOT COMPARABLE with published numbers: {task['reason']}")
+    print(f"best dev step {result['best_step']} of {result['steps']}"
+          f"{' (stopped early)' if result['stopped_early'] else ''}: {format_metrics(result['best_dev'])}")
+    print(f"test (evaluated once): {format_metrics(result['test'])}")
+    print(f"wrote {args.out}/metrics.json, model/, dev_curve.png, test_predictions.tsv")
+    return 0
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``mergedna finetune``."""
+    p = subparsers.add_parser("finetune", help="fine-tune a classifier on a labelled task, select on dev, "
+                                               "evaluate once on test")
+    p.add_argument("--task", required=True, help="task folder or file")
+    p.add_argument("--layout", choices=sorted(LAYOUTS), default="gue", help="task layout (default gue)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--seed", type=int, default=0)
+    add_training_arguments(p)
+    p.set_defaults(func=cmd_finetune)
+    return p

@@ -1,0 +1,173 @@
+"""Pretraining objectives (SPEC §7): MTR, latent MTR and AMTM, and the ablations.
+
+Per step, with φ the Local Encoder (the tokenizer):
+
+1. **MTR** (all parameters): tokenize with a ratio L/N drawn from N(0.5, 0.05²) clipped to
+   [0.4, 0.6]; Latent Encoder (no merging), Latent Decoder, un-merge, Local Decoder;
+   cross-entropy on every non-N base.
+2. **Latent MTR** (φ frozen: pass 1's Local Encoder output, detached): Latent Encoder *with*
+   ToMe global merging to K = L/2, un-merge to L, decoders, cross-entropy; weight λ.
+3. **AMTM** (all parameters): from pass 2's groups each local token j in group i weighs 1/g_i²;
+   exactly K local tokens are drawn without replacement in proportion (Gumbel top-K); every
+   base of a chosen token (through pass 1's ``assign``) becomes MASK; the whole model runs
+   again without latent merging; cross-entropy on masked non-N bases only.
+
+Total = L_MTR + λ·L_latent + L_AMTM. Randomness (the ratio, the Gumbel noise) comes from a
+generator seeded by (seed, step), so a resumed run reproduces the uninterrupted one exactly.
+
+The module wraps the model so that one ``forward`` runs all passes: that is what
+``DistributedDataParallel`` needs to synchronise gradients.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+import torch
+from torch import nn
+
+from .merging import Tokens
+from .model import LocalEncoderOutput, MergeDNAForPretraining, base_cross_entropy, prepare_inputs
+from .vocab import MASK, NUM_BASES
+
+MASKINGS = ("amtm", "uniform", "none")
+OBJECTIVES = ("mergedna", "mlm")
+
+
+@dataclass
+class ObjectiveConfig:
+    """Knobs of the pretraining loss; each paper ablation is one value here."""
+
+    objective: str = "mergedna"  # "mergedna" (three passes) or "mlm" (plain masked modelling, for the no-merging ablation)
+    lambda_latent: float = 0.25  # λ, weight of latent MTR; 0 switches the term off
+    masking: str = "amtm"  # "amtm" (1/g² weights), "uniform" (no AMTM ablation) or "none" (no pass 3)
+    ratio_mean: float = 0.5  # L/N drawn per step from N(mean, std²), clipped to [min, max]
+    ratio_std: float = 0.05  # 0 gives the fixed-ratio ablation
+    ratio_min: float = 0.4
+    ratio_max: float = 0.6
+    mlm_mask_ratio: float = 0.15  # fraction of tokens masked by objective="mlm"
+
+    def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.masking not in MASKINGS:
+            raise ValueError(f"masking must be one of {MASKINGS}, got {self.masking!r}")
+        if not 0 < self.ratio_min <= self.ratio_mean <= self.ratio_max <= 1:
+            raise ValueError("need 0 < ratio_min <= ratio_mean <= ratio_max <= 1")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
+    """A CPU generator that depends only on (seed, step, rank)."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 8191 + rank)
+
+
+def sample_ratio(cfg: ObjectiveConfig, gen: torch.Generator) -> float:
+    """L/N for this step: Gaussian(mean, std) clipped to [min, max]."""
+    r = cfg.ratio_mean + cfg.ratio_std * float(torch.randn((), generator=gen))
+    return min(max(r, cfg.ratio_min), cfg.ratio_max)
+
+
+def gumbel_top_k(weights: torch.Tensor, k: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Draw k[b] items of row b without replacement with probability ∝ weights (Gumbel top-K).
+
+    weights (B, L) >= 0 (0 = never drawn); k (B,). Returns a (B, L) bool mask with exactly
+    min(k[b], #positive weights) True entries per row.
+    """
+    u = torch.rand(weights.shape, generator=gen).to(weights.device).clamp_(1e-20, 1.0)
+    keys = weights.log() - (-u.log()).log()  # log w + Gumbel(0, 1); -inf where w = 0
+    order = keys.argsort(dim=1, descending=True, stable=True)
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1], device=order.device)
+                                            .expand_as(order).contiguous())
+    return (rank < k[:, None]) & (weights > 0)
+
+
+def amtm_weights(latent_assign: torch.Tensor, latent_counts: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+    """AMTM sampling weights (B, L): local token j in latent group i gets 1/g_i², g = group size."""
+    g = latent_counts.gather(1, latent_assign)  # (B, L): size of each local token's group
+    return torch.where(token_mask, 1.0 / g.clamp_min(1.0) ** 2, torch.zeros_like(g))
+
+
+def detach_local(local: LocalEncoderOutput) -> LocalEncoderOutput:
+    t = local.tokens
+    return replace(local, tokens=Tokens(z=t.z.detach(), size=t.size, pos=t.pos, mask=t.mask, count=t.count))
+
+
+def masked_accuracy(logits: torch.Tensor, labels: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    where = where & (labels < NUM_BASES)
+    hits = ((logits.argmax(-1) == labels) & where).sum()
+    return hits.float() / where.sum().clamp_min(1)
+
+
+class MergeDNAPretrainer(nn.Module):
+    """Runs the configured passes on a batch and returns the total loss and its parts."""
+
+    def __init__(self, model: MergeDNAForPretraining, cfg: ObjectiveConfig):
+        super().__init__()
+        self.model, self.cfg = model, cfg
+
+    def forward(self, input_ids: torch.Tensor, gen: torch.Generator, ratio: float | None = None,
+                attention_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """input_ids (B, N). ``ratio`` fixes L/N (validation); otherwise it is drawn from ``gen``.
+        Returns {"loss", and per part: "mtr", "latent_mtr", "amtm" / "mlm", "*_acc"} as 0-d tensors."""
+        if self.cfg.objective == "mlm":
+            return self._mlm(input_ids, gen, attention_mask)
+        cfg, model = self.cfg, self.model
+        ratio = sample_ratio(cfg, gen) if ratio is None else ratio
+        out: dict[str, torch.Tensor] = {"ratio": torch.tensor(ratio)}
+
+        # pass 1: MTR through every parameter
+        enc = model.mergedna(input_ids, attention_mask, merge_ratio=ratio)
+        logits = model.decode(enc.last_hidden_state, enc.local)
+        out["mtr"] = base_cross_entropy(logits, input_ids)
+        out["mtr_acc"] = masked_accuracy(logits.detach(), input_ids, enc.base_mask)
+        total = out["mtr"]
+
+        # pass 2: latent MTR on the detached tokenization (φ gets no gradient from this term)
+        need_groups = cfg.masking == "amtm"
+        if cfg.lambda_latent > 0 or need_groups:
+            local = detach_local(enc.local)
+            with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.lambda_latent > 0):
+                latent = model.mergedna.latent_encoder(local.tokens, merge_ratio=model.config.latent_merge_ratio)
+                if cfg.lambda_latent > 0:
+                    logits2 = model.decode(latent.tokens.z, local, latent.assign)
+                    out["latent_mtr"] = base_cross_entropy(logits2, input_ids)
+                    total = total + cfg.lambda_latent * out["latent_mtr"]
+
+        # pass 3: adaptive masked token modelling
+        if cfg.masking != "none":
+            tmask = enc.local.tokens.mask
+            if need_groups:
+                weights = amtm_weights(latent.assign, latent.tokens.count, tmask)
+                k = latent.tokens.lengths  # exactly K local tokens, K = number of latent groups
+            else:
+                weights = tmask.float()
+                k = torch.round(tmask.sum(1) * model.config.latent_merge_ratio).long()
+            chosen = gumbel_top_k(weights, k, gen)  # (B, L) local tokens to mask
+            out.update(self._masked_pass(input_ids, enc.local, chosen, ratio, "amtm"))
+            total = total + out["amtm"]
+        out["loss"] = total
+        return out
+
+    def _masked_pass(self, input_ids, local: LocalEncoderOutput, chosen, ratio, name) -> dict[str, torch.Tensor]:
+        """Mask every base of the chosen tokens, run the full model, score the masked non-N bases."""
+        masked = chosen.gather(1, local.assign) & local.base_mask  # (B, N) bases of chosen tokens
+        out = self.model(input_ids.masked_fill(masked, MASK), local.base_mask, merge_ratio=ratio)
+        labels = input_ids.masked_fill(~masked, -100)
+        return {name: base_cross_entropy(out.logits, labels),
+                f"{name}_acc": masked_accuracy(out.logits.detach(), input_ids, masked),
+                f"{name}_masked_frac": masked.sum() / local.base_mask.sum()}
+
+    def _mlm(self, input_ids, gen, attention_mask) -> dict[str, torch.Tensor]:
+        """Plain masked modelling (the no-merging ablation): mask a fraction of tokens uniformly."""
+        model = self.model
+        base_mask = prepare_inputs(input_ids, attention_mask)
+        with torch.no_grad():  # only the token spans are needed here
+            local = model.mergedna.local_encoder(input_ids, base_mask)
+        tmask = local.tokens.mask
+        k = torch.round(tmask.sum(1) * self.cfg.mlm_mask_ratio).long().clamp_min(1)
+        out = self._masked_pass(input_ids, local, gumbel_top_k(tmask.float(), k, gen), None, "mlm")
+        out["loss"] = out["mlm"]
+        return out

@@ -1,0 +1,359 @@
+"""Seeing the tokens: the Local Encoder's learned segmentation of DNA, and how token length
+follows annotated regions (the paper's claim that information-dense regions, such as exons,
+get shorter tokens).
+
+Only the Local Encoder (φ, the tokenizer) runs, with the model's ``merge_ratio`` unless
+overridden. A record (or a ``record:start-end`` region, 1-based inclusive as in samtools) is cut
+into **non-overlapping** windows of the model's ``max_length`` bases, the last one shorter, and
+each window is tokenized on its own: a window edge is always a token edge, and no token spans
+two windows. A token is a maximal run of bases with the same ``assign`` value (spans are
+contiguous, SPEC §4). Coordinates are 0-based half-open in the record.
+
+Annotations: BED (0-based half-open; the region type is column 4 unless another column is
+named) or GFF3 (column 3, the feature type; 1-based inclusive, converted). An annotation line
+applies to a record whose name equals its sequence name, or, for records named like a samtools
+region ``chrom:start-end`` (as in a sliced FASTA), to that slice of ``chrom``, shifted by
+``start - 1``. Names match with or without a ``chr`` prefix. Each token is assigned to the
+region types that contain its **midpoint base** (``(start + end - 1) // 2``), so a token
+straddling a region edge counts once, on the side of its middle; nested types (GFF genes and
+exons) each count it. Tokens whose midpoint is in no region are ``other``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import PRESETS, preset as preset_config
+from .embed import load_encoder
+from .model import MergeDNAModel, prepare_inputs
+from .vocab import PAD, decode, encode
+
+_REGION = re.compile(r"^(?P<name>.+?)(?::(?P<start>[\d,]+)-(?P<end>[\d,]+))?$")
+OTHER = "other"
+
+
+@dataclass
+class Segmentation:
+    """Tokens of one processed span: ``starts``/``ends`` (T,) record coordinates; ``ids`` the
+    processed bases, which begin at record coordinate ``offset``."""
+
+    record: str
+    offset: int
+    ids: np.ndarray
+    starts: np.ndarray
+    ends: np.ndarray
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return self.ends - self.starts
+
+
+@torch.no_grad()
+def segment_ids(encoder: MergeDNAModel, ids: np.ndarray, window: int | None = None,
+                merge_ratio: float | None = None, batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Token ``(starts, ends)`` of id array ``ids`` (coordinates in ``ids``), tokenized in
+    non-overlapping windows of ``window`` bases (default the model's ``max_length``)."""
+    window = window or encoder.config.max_length
+    bounds = [(s, min(s + window, len(ids))) for s in range(0, len(ids), window)]
+    starts = []
+    for k in range(0, len(bounds), batch_size):
+        part = bounds[k : k + batch_size]
+        batch = torch.full((len(part), max(e - s for s, e in part)), PAD, dtype=torch.long)  # (B, N)
+        for b, (s, e) in enumerate(part):
+            batch[b, : e - s] = torch.from_numpy(ids[s:e].astype(np.int64))
+        base_mask = prepare_inputs(batch, batch != PAD)
+        assign = encoder.local_encoder(batch, base_mask, merge_ratio).assign.numpy()  # (B, N)
+        for b, (s, e) in enumerate(part):
+            a = assign[b, : e - s]
+            starts.append(s + np.flatnonzero(np.r_[True, a[1:] != a[:-1]]))  # a token starts where assign changes
+    starts = np.concatenate(starts) if starts else np.zeros(0, np.int64)
+    return starts, np.r_[starts[1:], len(ids)].astype(np.int64)
+
+
+def format_tokens(seg: Segmentation, limit: int | None = None, width: int = 80) -> list[str]:
+    """The bases with ``|`` between tokens, as lines of ``width`` characters. With ``limit``,
+    only the tokens that cover the first ``limit`` bases (the last one whole)."""
+    text = decode(seg.ids)
+    keep = len(seg.starts) if limit is None else int(np.searchsorted(seg.starts - seg.offset, limit, "left"))
+    joined = "|".join(text[s - seg.offset : e - seg.offset] for s, e in zip(seg.starts[:keep], seg.ends[:keep]))
+    return [joined[i : i + width] for i in range(0, len(joined), width)]
+
+
+def read_fasta_records(path: str | Path):
+    """Stream ``(name, ids)`` per FASTA record (plain or gzip); name = header up to the first blank."""
+    path = Path(path)
+    with open(path, "rb") as fh:
+        opener = gzip.open if fh.read(2) == b"\x1f\x8b" else open
+    name, parts = None, []
+    with opener(path, "rt") as fh:
+        for line in fh:
+            line = line.strip()
+            if line.startswith(">"):
+                if name is not None:
+                    yield name, encode("".join(parts), record=name, file=str(path))
+                name, parts = (line[1:].split() or [""])[0], []
+            elif line:
+                if name is None:
+                    raise ValueError(f"{path}: not FASTA: sequence before the first '>' header")
+                parts.append(line)
+    if name is not None:
+        yield name, encode("".join(parts), record=name, file=str(path))
+
+
+def parse_region(text: str) -> tuple[str, int | None, int | None]:
+    """``rec``, ``rec:start-end`` (1-based inclusive) -> (rec, 0-based start, end) or (rec, None, None)."""
+    m = _REGION.match(text)
+    if m is None or not m.group("name"):
+        raise ValueError(f"bad region {text!r}; expected RECORD or RECORD:START-END (1-based, inclusive)")
+    if m.group("start") is None:
+        return m.group("name"), None, None
+    start, end = int(m.group("start").replace(",", "")), int(m.group("end").replace(",", ""))
+    if not 1 <= start <= end:
+        raise ValueError(f"bad region {text!r}: need 1 <= start <= end")
+    return m.group("name"), start - 1, end
+
+
+def read_annotation(path: str | Path, fmt: str, type_column: int = 4) -> list[tuple[str, int, int, str]]:
+    """``(chrom, start, end, type)`` intervals, 0-based half-open, from a BED (type from 1-based
+    column ``type_column``; ``region`` when the line has fewer columns) or GFF3 (type = column 3)."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    out = []
+    with opener(path, "rt") as fh:
+        for number, line in enumerate(fh, 1):
+            if line.startswith("##FASTA"):
+                break
+            if not line.strip() or line.startswith(("#", "track", "browser")):
+                continue
+            f = line.rstrip("\n").split("\t")
+            try:
+                if fmt == "bed":
+                    kind = f[type_column - 1] if len(f) >= type_column else "region"
+                    out.append((f[0], int(f[1]), int(f[2]), kind))
+                else:
+                    out.append((f[0], int(f[3]) - 1, int(f[4]), f[2]))
+            except (IndexError, ValueError):
+                raise ValueError(f"{path}, line {number}: not a {fmt.upper()} line: {line.strip()[:80]!r}") from None
+            if out[-1][2] < out[-1][1]:
+                raise ValueError(f"{path}, line {number}: end before start")
+    return out
+
+
+def _norm(name: str) -> str:
+    return name[3:] if name.lower().startswith("chr") else name
+
+
+def record_regions(annotation, record: str, length: int) -> list[tuple[int, int, str]]:
+    """The annotation's intervals on ``record`` in record coordinates, clipped to ``[0, length)``."""
+    m = re.match(r"^(.+):(\d+)-(\d+)$", record)
+    out = []
+    for chrom, start, end, kind in annotation:
+        if _norm(chrom) == _norm(record):
+            shift = 0
+        elif m and _norm(chrom) == _norm(m.group(1)):
+            shift = int(m.group(2)) - 1
+        else:
+            continue
+        s, e = max(start - shift, 0), min(end - shift, length)
+        if s < e:
+            out.append((s, e, kind))
+    return out
+
+
+def _union(intervals) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted disjoint (starts, ends) covering ``intervals``."""
+    merged = []
+    for s, e in sorted(intervals):
+        if merged and s <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], e)
+        else:
+            merged.append([s, e])
+    arr = np.asarray(merged, dtype=np.int64).reshape(-1, 2)
+    return arr[:, 0], arr[:, 1]
+
+
+def token_region_types(seg: Segmentation, regions) -> list[list[str]]:
+    """Per token, the region types containing its midpoint base (empty list: ``other``)."""
+    mid = (seg.starts + seg.ends - 1) // 2
+    labels = [[] for _ in mid]
+    for kind in sorted({r[2] for r in regions}):
+        starts, ends = _union([(s, e) for s, e, k in regions if k == kind])
+        i = np.searchsorted(starts, mid, "right") - 1
+        inside = (i >= 0) & (mid < ends[np.maximum(i, 0)])
+        for t in np.flatnonzero(inside):
+            labels[t].append(kind)
+    return labels
+
+
+def region_stats(segs: list[Segmentation], regions_per_seg: list[list]) -> dict:
+    """Per region type (and ``other``): regions, bases covered, tokens, mean and median token length."""
+    lengths: dict[str, list] = {}
+    counts: dict[str, list] = {}
+    for seg, regions in zip(segs, regions_per_seg):
+        lo, hi = seg.offset, seg.offset + len(seg.ids)
+        inside = [(max(s, lo), min(e, hi), k) for s, e, k in regions if s < hi and e > lo]
+        for kind in {k for _, _, k in inside}:
+            starts, ends = _union([(s, e) for s, e, k in inside if k == kind])
+            c = counts.setdefault(kind, [0, 0])
+            c[0] += sum(1 for *_, k in inside if k == kind)
+            c[1] += int((ends - starts).sum())
+        starts, ends = _union([(s, e) for s, e, _ in inside])
+        other = counts.setdefault(OTHER, [None, 0])
+        other[1] += (hi - lo) - int((ends - starts).sum())
+        for length, kinds in zip(seg.lengths, token_region_types(seg, inside)):
+            for kind in kinds or [OTHER]:
+                lengths.setdefault(kind, []).append(int(length))
+    stats = {}
+    for kind in sorted(counts, key=lambda k: (k == OTHER, k)):
+        arr = np.asarray(lengths.get(kind, []), dtype=np.float64)
+        stats[kind] = {"regions": counts[kind][0], "bases": counts[kind][1], "tokens": int(arr.size),
+                       "mean_token_length": float(arr.mean()) if arr.size else None,
+                       "median_token_length": float(np.median(arr)) if arr.size else None}
+    return stats
+
+
+def plot_segmentation(segs: list[Segmentation], regions_per_seg, path: str | Path, max_panels: int = 6) -> None:
+    """PNG: token length along each processed span (steps, one per token, plus a binned mean),
+    annotated regions shaded by type."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = segs[:max_panels]
+    kinds = sorted({k for regions in regions_per_seg for *_, k in regions})
+    colours = {k: plt.get_cmap("tab10")(i % 10) for i, k in enumerate(kinds)}
+    fig, axes = plt.subplots(len(shown), 1, figsize=(10, 2.6 * len(shown)), squeeze=False)
+    for ax, seg, regions in zip(axes[:, 0], shown, regions_per_seg):
+        ax.stairs(seg.lengths, np.r_[seg.starts, seg.ends[-1:]], color="0.4", linewidth=0.6, label="token length")
+        bin_w = max(64, len(seg.ids) // 100)
+        edges = np.arange(seg.offset, seg.offset + len(seg.ids) + bin_w, bin_w)
+        mids = (seg.starts + seg.ends - 1) // 2
+        per_bin = np.histogram(mids, edges)[0]
+        bases = np.diff(np.minimum(edges, seg.offset + len(seg.ids)))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ax.stairs(np.where(per_bin > 0, bases / per_bin, np.nan), edges, color="tab:blue", linewidth=1.5,
+                      label=f"mean over {bin_w} bp")
+        seen = set()
+        for s, e, kind in regions:
+            ax.axvspan(s, e, color=colours[kind], alpha=0.25, label=None if kind in seen else kind)
+            seen.add(kind)
+        ax.set_xlim(seg.offset, seg.offset + len(seg.ids))
+        ax.set_title(f"{seg.record}: {len(seg.ids)} bases, {len(seg.starts)} tokens, "
+                     f"mean {len(seg.ids) / max(1, len(seg.starts)):.2f} bases/token", fontsize=9)
+        ax.set_ylabel("bases per token")
+        ax.legend(fontsize=7, loc="upper right")
+    axes[-1, 0].set_xlabel("position in record (0-based)")
+    if len(segs) > max_panels:
+        fig.suptitle(f"first {max_panels} of {len(segs)} records", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def segment_fasta(encoder: MergeDNAModel, fasta, regions: list[str] | None = None, merge_ratio=None,
+                  batch_size: int = 8) -> list[Segmentation]:
+    """Segment every record of ``fasta`` (or only the ``rec[:start-end]`` ``regions``, in file order)."""
+    wanted = {}
+    for text in regions or []:
+        name, s, e = parse_region(text)
+        wanted.setdefault(name, []).append((s, e, text))
+    out, found = [], set()
+    for name, ids in read_fasta_records(fasta):
+        if regions and name not in wanted:
+            continue
+        spans = wanted.get(name) or [(None, None, name)]
+        found.add(name)
+        for s, e, text in spans:
+            s, e = (0, len(ids)) if s is None else (s, e)
+            if e > len(ids):
+                raise ValueError(f"region {text!r} ends after record {name!r} ({len(ids)} bases)")
+            starts, ends = segment_ids(encoder, ids[s:e], merge_ratio=merge_ratio, batch_size=batch_size)
+            out.append(Segmentation(name, s, ids[s:e], starts + s, ends + s))
+    missing = sorted(set(wanted) - found)
+    if missing:
+        raise ValueError(f"records not in {fasta}: {missing}")
+    return out
+
+
+def cmd_segment(args) -> int:
+    overrides = {"merge_ratio": args.merge_ratio} if args.merge_ratio is not None else {}
+    if args.model:
+        encoder = load_encoder(args.model, **overrides)
+    else:
+        torch.manual_seed(args.seed)
+        encoder = MergeDNAModel(preset_config(args.preset, **overrides)).eval()
+        print(f"note: preset {args.preset!r} with random weights (seed {args.seed}): "
+              "the boundaries reflect no training")
+    segs = segment_fasta(encoder, args.fasta, args.region, batch_size=args.batch_size)
+    annotation = None
+    if args.bed or args.gff:
+        annotation = read_annotation(args.bed or args.gff, "bed" if args.bed else "gff", args.bed_type_column)
+    regions = [record_regions(annotation, s.record, s.offset + len(s.ids)) if annotation else [] for s in segs]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = encoder.config
+    for seg in segs:
+        print(f">{seg.record} bases {seg.offset + 1}-{seg.offset + len(seg.ids)}: {len(seg.ids)} bases, "
+              f"{len(seg.starts)} tokens, mean {len(seg.ids) / max(1, len(seg.starts)):.2f} bases/token "
+              f"(merge_ratio {cfg.merge_ratio}, windows of {cfg.max_length})")
+        lines = format_tokens(seg, None if args.all else args.show)
+        print("\n".join(lines))
+        if not args.all and len(seg.ids) > args.show:
+            print(f"... (first {args.show} bases; --all prints everything)")
+    with open(out / "tokens.tsv", "w") as fh:
+        fh.write("record\tstart\tend\tlength" + ("\tregion_type\n" if annotation else "\n"))
+        for seg, regs in zip(segs, regions):
+            kinds = token_region_types(seg, regs) if annotation else None
+            for t, (s, e) in enumerate(zip(seg.starts, seg.ends)):
+                extra = f"\t{','.join(kinds[t]) or OTHER}" if annotation else ""
+                fh.write(f"{seg.record}\t{s}\t{e}\t{e - s}{extra}\n")
+    plot_segmentation(segs, regions, out / "token_lengths.png")
+    written = ["tokens.tsv", "token_lengths.png"]
+    if annotation is not None:
+        stats = region_stats(segs, regions)
+        print(f"\n{'region type':<20s}{'regions':>9s}{'bases':>10s}{'tokens':>9s}{'mean len':>10s}{'median len':>12s}")
+        for kind, st in stats.items():
+            mean = f"{st['mean_token_length']:.2f}" if st["tokens"] else "-"
+            median = f"{st['median_token_length']:.1f}" if st["tokens"] else "-"
+            print(f"{kind:<20s}{st['regions'] if st['regions'] is not None else '-':>9}{st['bases']:>10d}"
+                  f"{st['tokens']:>9d}{mean:>10s}{median:>12s}")
+        (out / "region_stats.json").write_text(json.dumps(
+            {"annotation": str(args.bed or args.gff), "format": "bed" if args.bed else "gff",
+             "token_assignment": "midpoint base (start + end - 1) // 2", "merge_ratio": cfg.merge_ratio,
+             "window": cfg.max_length, "records": [f"{s.record}:{s.offset + 1}-{s.offset + len(s.ids)}" for s in segs],
+             "types": stats}, indent=2))
+        written.append("region_stats.json")
+    print(f"wrote {', '.join(str(out / w) for w in written)}")
+    return 0
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``mergedna segment``."""
+    p = subparsers.add_parser("segment", help="show the learned token boundaries of DNA; token length per "
+                                              "annotated region type")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="checkpoint directory")
+    src.add_argument("--preset", choices=sorted(PRESETS), help="random weights (plumbing checks only)")
+    p.add_argument("--seed", type=int, default=0, help="initialisation seed with --preset")
+    p.add_argument("--fasta", required=True, help="FASTA file (plain or gzip)")
+    p.add_argument("--region", action="append", help="RECORD or RECORD:START-END (1-based, inclusive); repeatable")
+    ann = p.add_mutually_exclusive_group()
+    ann.add_argument("--bed", help="BED annotation (0-based half-open)")
+    ann.add_argument("--gff", help="GFF3 annotation (feature type = column 3)")
+    p.add_argument("--bed-type-column", type=int, default=4, help="1-based BED column holding the region type")
+    p.add_argument("--merge-ratio", type=float, help="override the model's merge_ratio (L/N)")
+    p.add_argument("--show", type=int, default=400, help="print the tokens of the first SHOW bases of each record")
+    p.add_argument("--all", action="store_true", help="print every base")
+    p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
+    p.add_argument("--out", required=True, help="output directory")
+    p.set_defaults(func=cmd_segment)
+    return p

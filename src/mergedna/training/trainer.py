@@ -1,0 +1,298 @@
+"""The pretraining loop: plain PyTorch, resumable, DDP-ready.
+
+``pretrain(TrainConfig)`` samples genome windows, runs the objectives of
+:mod:`mergedna.objectives` under bf16 autocast, steps AdamW (β 0.9/0.95) with warm-up and
+cosine decay, clips gradients, accumulates, validates on the held-out part, logs every loss
+part to ``metrics.jsonl`` and a PNG, and writes atomic checkpoints. Each step's data and
+randomness are functions of (seed, step, rank), so ``--resume`` after any kill reproduces
+the uninterrupted run. A NaN/Inf loss or gradient skips the step; ``max_bad_steps`` in a row
+stop the run with the last good checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import platform
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..config import MergeDNAConfig, preset
+from ..data.genome import Genome, GenomeSampler
+from ..model import MergeDNAForPretraining
+from ..objectives import MergeDNAPretrainer, ObjectiveConfig, step_generator
+from . import distributed as D
+from .checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
+from .plots import plot_curves
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many non-finite steps in a row."""
+
+
+@dataclass
+class TrainConfig:
+    fasta: list[str] = field(default_factory=list)
+    out: str = "runs/pretrain"
+    preset: str = "small"
+    model: dict = field(default_factory=dict)  # MergeDNAConfig overrides, e.g. {"merge_scope": "window"}
+    init_from: str | None = None  # start from these weights (a from_pretrained directory)
+    objective: dict = field(default_factory=dict)  # ObjectiveConfig overrides
+    window: int = 4096  # N, bases per training window
+    val: str = "0.01"  # held-out part: a fraction of every record, a record name, or rec:start-end
+    max_n_fraction: float = 0.1
+    rc_prob: float = 0.5
+    cache_dir: str | None = None
+    batch_size: int = 8  # windows per micro-batch per process
+    grad_accum: int = 1
+    steps: int = 1000
+    lr: float = 3e-4  # paper: 1e-4 at batch 256 x 4096
+    min_lr_ratio: float = 0.1
+    warmup: int = 100  # paper: 10k
+    weight_decay: float = 1e-8  # paper value
+    betas: tuple[float, float] = (0.9, 0.95)
+    clip: float = 1.0
+    bf16: bool = True
+    compile: bool = False
+    strategy: str = "ddp"  # or "fsdp" under torchrun
+    seed: int = 0
+    log_every: int = 10
+    val_every: int = 100
+    val_windows: int = 32
+    ckpt_every: int = 100
+    keep_last: int = 3
+    max_bad_steps: int = 5
+    time_limit: float | None = None  # minutes; stop (with a checkpoint) when exceeded
+    resume: bool = False
+    device: str | None = None
+    progress: bool = True
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up to ``lr`` over ``warmup`` steps, then cosine decay to ``min_lr_ratio * lr``."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def run_metadata() -> dict:
+    """Machine, date and commit for results files."""
+    cpu = platform.processor() or ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                                cwd=Path(__file__).parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "commit": commit, "cpu": cpu,
+            "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def build_model(cfg: TrainConfig) -> MergeDNAForPretraining:
+    if cfg.init_from:
+        return MergeDNAForPretraining.from_pretrained(cfg.init_from, **cfg.model)
+    return MergeDNAForPretraining(preset(cfg.preset, **cfg.model))
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; matrices decay, norms and embeddings do not."""
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
+    rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), foreach=True)
+
+
+class _Log:
+    """metrics.jsonl writer (main process only); on resume drops rows past the resumed step."""
+
+    def __init__(self, path: Path, enabled: bool, resume_step: int | None):
+        self.path, self.enabled = path, enabled
+        if enabled and resume_step is not None and path.exists():
+            keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= resume_step]
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text("".join(ln + "\n" for ln in keep))
+            os.replace(tmp, path)
+        elif enabled and resume_step is None and path.exists():
+            path.unlink()
+
+    def write(self, row: dict) -> None:
+        if self.enabled:
+            with self.path.open("a") as fh:
+                fh.write(json.dumps(row) + "\n")
+
+
+def pretrain(cfg: TrainConfig) -> dict:
+    """Run pretraining as configured; returns a summary dict (also written to ``summary.json``)."""
+    info = D.init_distributed(cfg.device)
+    out = Path(cfg.out)
+    obj_cfg = ObjectiveConfig(**cfg.objective)
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    if not cfg.fasta:
+        raise ValueError("no FASTA given: pass one or more --fasta files")
+    # rank 0 builds the genome cache, the others wait and then open it
+    if info.is_main:
+        genome = Genome.from_fasta(cfg.fasta, cache_dir=cfg.cache_dir)
+    D.barrier(info)
+    if not info.is_main:
+        genome = Genome.from_fasta(cfg.fasta, cache_dir=cfg.cache_dir)
+    common = dict(window=cfg.window, max_n_fraction=cfg.max_n_fraction, val=_val_spec(cfg.val), seed=cfg.seed,
+                  rank=info.rank, world_size=info.world_size)
+    train_sampler = GenomeSampler(genome, rc_prob=cfg.rc_prob, split="train", **common)
+    val_sampler = GenomeSampler(genome, rc_prob=0.0, split="val", **common)
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg)
+    ckpt = latest_checkpoint(out) if cfg.resume else None
+    if cfg.resume and ckpt is None and info.is_main:
+        print(f"--resume: no checkpoint under {out}/checkpoints, starting from scratch")
+    start, optim_state = 0, None
+    if ckpt is not None:
+        model_state, optim_state, state = load_checkpoint(ckpt)
+        saved = MergeDNAConfig.from_dict(state["model_config"])
+        if saved != model.config:
+            raise ValueError(f"{ckpt}: checkpoint model config differs from this run's; "
+                             f"resume with the same --preset and overrides")
+        model.load_state_dict(model_state)
+        start = int(state["step"])
+    model.to(info.device)
+    objective = MergeDNAPretrainer(model, obj_cfg)
+    if cfg.compile:
+        for block in model.modules():
+            if type(block).__name__ == "Block":
+                block.compile(dynamic=True)
+    wrapped = D.wrap_model(objective, info, cfg.strategy)
+    optimizer = make_optimizer(model, cfg)
+    if optim_state is not None:
+        optimizer.load_state_dict(optim_state)
+
+    log = _Log(out / "metrics.jsonl", info.is_main, start if ckpt is not None else None)
+    meta = {**run_metadata(), "world_size": info.world_size}
+    if info.is_main:
+        (out / "run_config.json").write_text(json.dumps({"train": cfg.to_dict(), "objective": obj_cfg.to_dict(),
+                                                         "model": model.config.to_dict(), "meta": meta}, indent=2))
+    n_params = sum(p.numel() for p in model.parameters())
+    bases_per_step = cfg.batch_size * cfg.window * cfg.grad_accum * info.world_size
+    autocast = torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+    bar = tqdm(total=cfg.steps, initial=start, disable=not (info.is_main and cfg.progress), unit="step",
+               desc=f"pretrain {n_params / 1e6:.1f}M")
+    t0, bad, step, stop_reason = time.time(), 0, start, "steps"
+    window_t, window_bases = time.time(), 0
+
+    def save(at: int):
+        if info.is_main:
+            state = {"model_config": model.config.to_dict(), "train": cfg.to_dict(), "objective": obj_cfg.to_dict(),
+                     "meta": meta}
+            save_checkpoint(out, at, model, model.state_dict(), optimizer.state_dict(), state, cfg.keep_last)
+        D.barrier(info)
+
+    for step in range(start, cfg.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        sums: dict[str, float] = {}
+        for micro in range(cfg.grad_accum):
+            index = step * cfg.grad_accum + micro
+            ids = train_sampler.batch(index, cfg.batch_size).to(info.device)
+            sync = (contextlib.nullcontext() if micro == cfg.grad_accum - 1 or not hasattr(wrapped, "no_sync")
+                    else wrapped.no_sync())
+            with sync:
+                with autocast:
+                    parts = wrapped(ids, step_generator(cfg.seed, index, info.rank))
+                (parts["loss"] / cfg.grad_accum).backward()
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+        finite = torch.tensor([float(math.isfinite(sums["loss"]) and bool(torch.isfinite(grad_norm)))])
+        finite = bool(D.all_reduce_sum(finite, info).item() == info.world_size)
+        if finite:
+            optimizer.step()
+            bad = 0
+        else:
+            bad += 1
+            log.write({"split": "train", "step": step + 1, "skipped": True, "loss": sums["loss"],
+                       "grad_norm": float(grad_norm)})
+        optimizer.zero_grad(set_to_none=True)
+        if bad >= cfg.max_bad_steps:
+            last = latest_checkpoint(out)
+            raise TrainingDiverged(f"{bad} non-finite steps in a row (last at step {step + 1}); stopping. "
+                                   f"Last good checkpoint: {last or 'none yet'}. Lower --lr or check the data.")
+        window_bases += bases_per_step
+        done = step + 1
+        if finite and (done % cfg.log_every == 0 or done == cfg.steps):
+            red = D.all_reduce_sum(torch.tensor(list(sums.values())), info) / info.world_size
+            sums = dict(zip(sums, red.tolist()))
+            bps = window_bases / max(time.time() - window_t, 1e-9)
+            window_t, window_bases = time.time(), 0
+            log.write({"split": "train", "step": done, "lr": lr_at(step, cfg), "grad_norm": float(grad_norm),
+                       "bp_per_s": bps, "elapsed_s": time.time() - t0, **sums})
+            bar.set_postfix({k: f"{sums[k]:.3f}" for k in ("loss", "mtr", "latent_mtr", "amtm", "mlm") if k in sums}
+                            | {"bp/s": f"{bps:,.0f}"})
+        bar.update(1)
+        out_of_time = cfg.time_limit is not None and (time.time() - t0) / 60 > cfg.time_limit
+        out_of_time = bool(D.all_reduce_sum(torch.tensor([float(out_of_time)]), info).item() > 0)
+        last = done == cfg.steps or out_of_time
+        if done % cfg.val_every == 0 or last:
+            row = validate(wrapped, val_sampler, cfg, info)
+            log.write({"split": "val", "step": done, **row})
+            if info.is_main:
+                plot_curves(out / "metrics.jsonl", out / "curves.png")
+        if done % cfg.ckpt_every == 0 or last:
+            save(done)
+        if out_of_time:
+            stop_reason = f"time limit of {cfg.time_limit} min"
+            break
+    bar.close()
+    summary = {"steps_done": step + 1 if cfg.steps > start else start, "stopped_by": stop_reason,
+               "train_minutes": (time.time() - t0) / 60, "parameters": n_params, "meta": meta}
+    if info.is_main:
+        model.save_pretrained(out / "model")
+        plot_curves(out / "metrics.jsonl", out / "curves.png")
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    D.barrier(info)
+    D.cleanup(info)
+    return summary
+
+
+def _val_spec(val: str):
+    """'0.01' -> 0.01 (fraction of every record); anything else is a record name or region."""
+    try:
+        return float(val)
+    except (TypeError, ValueError):
+        return val
+
+
+@torch.no_grad()
+def validate(wrapped, sampler: GenomeSampler, cfg: TrainConfig, info) -> dict:
+    """Mean of every loss part over the fixed held-out windows, at the mean ratio, fixed noise."""
+    module = wrapped.module if hasattr(wrapped, "module") else wrapped
+    was_training = module.training
+    module.eval()
+    ratio = module.cfg.ratio_mean
+    sums, n = None, 0
+    for i, ids in enumerate(sampler.val_batches(cfg.val_windows, cfg.batch_size)):
+        with torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            parts = module(ids.to(info.device), step_generator(cfg.seed, i, rank=10_000 + info.rank), ratio=ratio)
+        vec = torch.tensor([float(v) for v in parts.values()]) * ids.shape[0]
+        sums = vec if sums is None else sums + vec
+        n += ids.shape[0]
+    keys = list(parts.keys())
+    total = D.all_reduce_sum(torch.cat([sums, torch.tensor([float(n)])]), info)
+    module.train(was_training)
+    return dict(zip(keys, (total[:-1] / total[-1]).tolist())) | {"windows": int(total[-1])}

@@ -1,0 +1,211 @@
+"""Fine-tuning, evaluation and benchmark tables (mergedna.finetune, mergedna.benchmark).
+
+Tasks are the GUE-layout fixtures under tests/fixtures/tasks/gue (UCI splice rows, see the README
+there); every run is a handful of steps of the tiny preset.
+"""
+
+import argparse
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import mergedna.benchmark as benchmark_mod
+import mergedna.finetune as finetune_mod
+from mergedna.benchmark import BenchmarkMismatchError, run_benchmark
+from mergedna.config import preset
+from mergedna.data.task_batching import make_dataloader
+from mergedna.data.tasks import load_gue_task
+from mergedna.finetune import (FinetuneSettings, TaskSetupError, apply_lora, classification_metrics, evaluate,
+                               finetune, fit)
+from mergedna.heads import MergeDNAForSequenceClassification
+from mergedna.model import MergeDNAForPretraining
+
+from conftest import FIXTURES
+
+GUE_FIX = FIXTURES / "tasks" / "gue"
+SPLICE3 = GUE_FIX / "splice3"
+QUICK = dict(max_steps=4, batch_size=4, eval_every=2, progress=False)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The machine's 2 cores are shared: one intra-op thread avoids OpenMP oversubscription stalls."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tiny pretraining checkpoint (random weights): what `--model DIR` receives."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "pretrained"
+    MergeDNAForPretraining(preset("tiny")).save_pretrained(path)
+    return path
+
+
+def count_evaluations(monkeypatch):
+    calls = []
+    real = finetune_mod.evaluate
+
+    def counting(model, loader, split, precision="bf16", name="eval", progress=False):
+        calls.append(name)
+        return real(model, loader, split, precision, name, progress)
+
+    monkeypatch.setattr(finetune_mod, "evaluate", counting)
+    return calls
+
+
+def test_classification_metrics_known_values():
+    labels = np.array([0, 1, 1, 0])
+    perfect = np.eye(2)[labels]
+    m = classification_metrics(labels, perfect)
+    assert m == {"mcc": 1.0, "accuracy": 1.0, "f1": 1.0, "auroc": 1.0}
+    wrong = np.eye(2)[1 - labels]
+    assert classification_metrics(labels, wrong)["mcc"] == -1.0
+    three = np.full((3, 3), 1 / 3)
+    assert classification_metrics(np.array([0, 0, 1]), three)["auroc"] is None  # class 2 absent: undefined
+
+
+def test_finetune_from_preset_writes_metrics_and_tests_once(tmp_path, monkeypatch):
+    calls = count_evaluations(monkeypatch)
+    out = tmp_path / "run"
+    result = finetune(SPLICE3, out, preset="tiny", seed=3, **QUICK)
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved == json.loads(json.dumps(result))
+    assert calls.count("test") == 1 and saved["test_evaluations"] == 1
+    assert calls.count("dev") == len(saved["dev_curve"]) == 2
+    for key in ("mcc", "accuracy", "f1", "auroc", "loss"):
+        assert key in saved["test"]
+    assert -1 <= saved["test"]["mcc"] <= 1 and 0 <= saved["test"]["accuracy"] <= 1
+    assert saved["best_step"] in (2, 4) and saved["best_dev"] == next(
+        c["dev"] for c in saved["dev_curve"] if c["step"] == saved["best_step"])
+    assert saved["seed"] == 3 and saved["model"]["init"] == "random" and saved["model"]["preset"] == "tiny"
+    assert saved["model"]["config"]["num_labels"] == 3 and saved["task"]["dev_source"] == "task"
+    for key in ("command", "date", "git_commit", "machine"):
+        assert key in saved
+    assert (out / "dev_curve.png").stat().st_size > 0
+    reloaded = MergeDNAForSequenceClassification.from_pretrained(out / "model")
+    assert reloaded.config.label_names == ["0", "1", "2"]
+    with open(out / "test_predictions.tsv") as fh:
+        assert len(list(csv.DictReader(fh, delimiter="\t"))) == 6
+
+
+def test_finetune_cli_from_checkpoint(tmp_path, checkpoint, capsys):
+    parser = argparse.ArgumentParser(prog="mergedna")
+    finetune_mod.add_parser(parser.add_subparsers(dest="command"))
+    out = tmp_path / "ft"
+    args = parser.parse_args(["finetune", "--model", str(checkpoint), "--task", str(SPLICE3), "--out", str(out),
+                              "--max-steps", "3", "--batch-size", "4", "--eval-every", "3", "--lr", "1e-4",
+                              "--no-progress"])
+    assert args.func(args) == 0
+    assert "test (evaluated once)" in capsys.readouterr().out
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["model"]["init"] == "pretrained" and saved["model"]["mode"] == "full"
+    assert saved["settings"]["lr"] == 1e-4 and saved["command"].startswith("mergedna")
+    tuned = MergeDNAForSequenceClassification.from_pretrained(out / "model")
+    start = MergeDNAForSequenceClassification.from_pretrained(checkpoint, num_labels=3)
+    name = "mergedna.latent_encoder.blocks.0.attn.qkv.weight"
+    assert not torch.equal(tuned.state_dict()[name], start.state_dict()[name])  # full fine-tuning moved it
+
+
+def test_lora_freezes_encoder_and_trains_adapters_and_head(checkpoint):
+    task = load_gue_task(SPLICE3)
+    model = MergeDNAForSequenceClassification.from_pretrained(checkpoint, num_labels=3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    wrapped = apply_lora(model, rank=4)
+    trainable = [n for n, p in wrapped.named_parameters() if p.requires_grad]
+    assert all("lora_" in n or ".classifier." in n for n in trainable)
+    assert any("lora_" in n for n in trainable) and any(".classifier." in n for n in trainable)
+    loader = make_dataloader(task["train"], 4, 1024)
+    settings = FinetuneSettings(max_steps=3, eval_every=3, lr=1e-2, precision="fp32")
+    fit(wrapped, loader, lambda m: {"mcc": 0.0}, settings, progress=False)
+    after = {k.replace("base_model.model.", "").replace(".base_layer", ""): v
+             for k, v in wrapped.state_dict().items() if "lora_" not in k}
+    assert set(after) == set(before)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("classifier.") for k in changed)
+    assert any(p.abs().sum() > 0 for n, p in wrapped.named_parameters() if "lora_B" in n)
+
+
+def test_lora_finetune_saves_merged_model_that_reloads(tmp_path, checkpoint):
+    out = tmp_path / "lora"
+    result = finetune(SPLICE3, out, model=checkpoint, lora_rank=4, lr=1e-2, precision="fp32", **QUICK)
+    assert result["model"]["mode"] == "lora"
+    assert result["model"]["trainable_parameters"] < result["model"]["parameters"] / 4
+    reloaded = MergeDNAForSequenceClassification.from_pretrained(out / "model")
+    assert not any("lora" in k for k in reloaded.state_dict())
+    test = load_gue_task(SPLICE3)["test"]
+    again = evaluate(reloaded, make_dataloader(test, 8, 1024, shuffle=False), test, "fp32")
+    for key in ("mcc", "accuracy", "f1", "auroc", "loss"):
+        assert again[key] == pytest.approx(result["test"][key], abs=1e-6)
+
+
+def test_early_stopping_restores_best_dev_weights():
+    torch.manual_seed(0)
+    model = MergeDNAForSequenceClassification(preset("tiny", num_labels=3))
+    loader = make_dataloader(load_gue_task(SPLICE3)["train"], 4, 1024)
+    scores, snapshots = iter([0.1, 0.5, 0.3, 0.2, 0.9, 0.9]), []
+
+    def scripted_dev(m):
+        snapshots.append({k: v.clone() for k, v in m.state_dict().items()})
+        return {"mcc": next(scores)}
+
+    settings = FinetuneSettings(max_steps=6, eval_every=1, patience=2, lr=1e-3, precision="fp32")
+    history = fit(model, loader, scripted_dev, settings, progress=False)
+    assert history["stopped_early"] and history["steps"] == 4 and history["best_step"] == 2
+    assert [c["step"] for c in history["dev_curve"]] == [1, 2, 3, 4]
+    final = model.state_dict()
+    assert all(torch.equal(final[k], snapshots[1][k]) for k in final)
+    assert not all(torch.equal(final[k], snapshots[3][k]) for k in final)
+
+
+def test_task_without_train_needs_train_on_dev(tmp_path):
+    with pytest.raises(TaskSetupError, match="--train-on-dev"):
+        finetune(GUE_FIX / "no_train", None, preset="tiny", **QUICK)
+    result = finetune(GUE_FIX / "no_train", None, preset="tiny", train_on_dev=True, dev_fraction=0.4, **QUICK)
+    assert result["task"]["comparable"] is False and "dev" in result["task"]["reason"]
+    assert result["task"]["sizes"] == {"train": 2, "dev": 2, "test": 4}
+
+
+def test_dev_is_carved_from_train_when_missing():
+    result = finetune(FIXTURES / "tasks" / "gb_csv", None, preset="tiny", layout="genomic_benchmarks",
+                      dev_fraction=0.34, **QUICK)
+    assert "of train" in result["task"]["dev_source"] and result["task"]["comparable"]
+    assert result["task"]["sizes"] == {"train": 6, "dev": 3, "test": 3}
+
+
+def test_benchmark_table_and_resume(tmp_path, monkeypatch):
+    root = tmp_path / "gue"
+    shutil.copytree(SPLICE3, root / "tf" / "0")  # a GUE task name, so the published number shows
+    out = tmp_path / "bench"
+    kwargs = dict(tasks=["tf/0"], seeds=2, preset="tiny", **{**QUICK, "max_steps": 2})
+    results = run_benchmark("gue", root, out, **kwargs)
+    saved = json.loads((out / "results.json").read_text())
+    assert len(saved["runs"]) == 2 and saved["skipped"] == []
+    entry = saved["summary"]["tasks"]["tf/0"]
+    assert entry["published"] == 72.36 and entry["mcc"]["n"] == 2 and entry["mcc"]["sd"] is not None
+    mccs = [r["test"]["mcc"] for r in saved["runs"]]
+    assert entry["mcc"]["mean"] == pytest.approx(np.mean(mccs))
+    assert entry["mcc"]["sd"] == pytest.approx(np.std(mccs, ddof=1))
+    assert saved["summary"]["mean_over_tasks"]["mcc"]["mean"] == pytest.approx(np.mean(mccs))
+    table = (out / "results.md").read_text()
+    row = next(line for line in table.splitlines() if line.startswith("| tf/0 "))
+    assert f"{100 * np.mean(mccs):.2f} ± {100 * np.std(mccs, ddof=1):.2f}" in row and "72.36" in row
+    assert "plain mean over 1 tasks" in table
+    assert results["summary"] == saved["summary"]
+
+    def must_not_run(*args, **kw):
+        raise AssertionError("a finished run was redone")
+
+    monkeypatch.setattr(benchmark_mod, "finetune", must_not_run)
+    again = run_benchmark("gue", root, out, **kwargs)
+    assert sorted(again["skipped"]) == ["tf/0/seed0", "tf/0/seed1"]
+    assert again["summary"]["tasks"] == saved["summary"]["tasks"]
+    with pytest.raises(BenchmarkMismatchError):
+        run_benchmark("gue", root, out, **{**kwargs, "lr": 1e-3})

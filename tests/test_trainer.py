@@ -1,0 +1,157 @@
+"""The pretraining loop: outputs, exact resume after SIGKILL, NaN handling, DDP parity."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import FIXTURES, batch_from
+from mergedna.model import MergeDNAForPretraining
+from mergedna.objectives import MergeDNAPretrainer
+from mergedna.training.checkpoints import checkpoint_dirs
+from mergedna.training.trainer import TrainConfig, TrainingDiverged, lr_at, pretrain
+
+FASTA = str(FIXTURES / "chr20_slice.fa")
+VAL = "20:59001-61000"  # the first fixture record is held out
+
+
+def small_run(out, **kw) -> TrainConfig:
+    base = dict(fasta=[FASTA], out=str(out), preset="tiny", window=256, batch_size=2, steps=6, warmup=2, lr=2e-3,
+                val=VAL, val_windows=2, val_every=3, ckpt_every=2, log_every=1, progress=False)
+    return TrainConfig(**{**base, **kw})
+
+
+def train_rows(out):
+    rows = [json.loads(x) for x in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r for r in rows if r["split"] == "train"}
+
+
+def test_run_writes_model_metrics_plot_and_checkpoints(tmp_path):
+    summary = pretrain(small_run(tmp_path / "run", keep_last=2))
+    out = tmp_path / "run"
+    assert summary["steps_done"] == 6
+    assert (out / "curves.png").stat().st_size > 1000
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {r["split"] for r in rows} == {"train", "val"}
+    assert all(k in rows[0] for k in ("loss", "mtr", "latent_mtr", "amtm", "amtm_acc", "mtr_acc", "bp_per_s", "lr"))
+    assert [p.name for p in checkpoint_dirs(out)] == ["step-00000004", "step-00000006"]  # last 2 kept
+    model = MergeDNAForPretraining.from_pretrained(out / "model")
+    assert model.config.hidden_size == 64
+    MergeDNAForPretraining.from_pretrained(checkpoint_dirs(out)[-1])  # checkpoints load the same way
+
+
+def test_lr_schedule():
+    cfg = TrainConfig(lr=1.0, warmup=10, steps=110, min_lr_ratio=0.1)
+    assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(60, cfg) == pytest.approx(0.55) and lr_at(110, cfg) == pytest.approx(0.1)
+
+
+def test_resume_after_sigkill_reproduces_the_uninterrupted_run(tmp_path):
+    steps = 30
+    ref = tmp_path / "ref"
+    pretrain(small_run(ref, steps=steps, ckpt_every=3, val_every=100))
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "mergedna.cli", "pretrain", "--fasta", FASTA, "--out", str(killed), "--preset", "tiny",
+           "--window", "256", "--batch-size", "2", "--steps", str(steps), "--warmup", "2", "--lr", "2e-3", "--val", VAL,
+           "--val-windows", "2", "--val-every", "100", "--ckpt-every", "3", "--log-every", "1", "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not (killed / "checkpoints" / "step-00000006").exists():
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    done = checkpoint_dirs(killed)[-1]
+    assert int(done.name.split("-")[1]) < steps, "the run finished before it could be killed"
+    pretrain(small_run(killed, steps=steps, ckpt_every=3, val_every=100, resume=True))
+    a, b = train_rows(ref), train_rows(killed)
+    assert sorted(a) == sorted(b) == list(range(1, steps + 1))
+    for step in a:
+        assert a[step]["loss"] == b[step]["loss"], f"step {step} differs after resume"
+    ref_w = MergeDNAForPretraining.from_pretrained(ref / "model").state_dict()
+    res_w = MergeDNAForPretraining.from_pretrained(killed / "model").state_dict()
+    assert all(torch.equal(ref_w[k], res_w[k]) for k in ref_w)
+
+
+def test_nan_steps_are_skipped_then_stop_the_run(tmp_path, monkeypatch):
+    real_forward = MergeDNAPretrainer.forward
+    calls = {"n": 0}
+
+    def flaky(self, *args, **kwargs):
+        out = real_forward(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 3 or calls["n"] >= 5:  # one bad step, then bad for good
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(MergeDNAPretrainer, "forward", flaky)
+    out = tmp_path / "nan"
+    with pytest.raises(TrainingDiverged, match="step-00000006"):  # skipped steps leave weights as at step 4
+        pretrain(small_run(out, steps=20, max_bad_steps=3, val_every=100))
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r.get("skipped")] == [3, 5, 6, 7]
+    # the last good checkpoint is intact and finite
+    model = MergeDNAForPretraining.from_pretrained(checkpoint_dirs(out)[-1])
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def _ddp_worker(rank, world, init_file, out_file):
+    import torch.distributed as dist
+
+    from mergedna.config import preset
+    from mergedna.objectives import ObjectiveConfig, step_generator
+    from mergedna.vocab import encode
+    from conftest import read_fasta_simple
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    chr20 = encode(read_fasta_simple(FIXTURES / "chr20_slice.fa")["20:30000001-30006000"])
+    model = MergeDNAForPretraining(preset("tiny"))
+    ddp = torch.nn.parallel.DistributedDataParallel(MergeDNAPretrainer(model, ObjectiveConfig()))
+    ids = batch_from(chr20, [256, 256, 256, 256])[2 * rank:2 * rank + 2]
+    ddp(ids, step_generator(0, 7, rank))["loss"].backward()
+    if rank == 0:
+        torch.save({n: p.grad for n, p in model.named_parameters()}, out_file)
+    dist.destroy_process_group()
+
+
+def test_two_process_ddp_gradients_match_one_process(tmp_path, chr20):
+    from mergedna.config import preset
+    from mergedna.objectives import ObjectiveConfig, step_generator
+
+    out_file = tmp_path / "grads.pt"
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(out_file)), nprocs=2)
+    ddp_grads = torch.load(out_file, weights_only=True)
+    torch.manual_seed(0)
+    model = MergeDNAForPretraining(preset("tiny"))
+    objective = MergeDNAPretrainer(model, ObjectiveConfig())
+    ids = batch_from(chr20, [256, 256, 256, 256])
+    for rank in range(2):  # the same global batch in one process: mean of the two halves
+        (objective(ids[2 * rank:2 * rank + 2], step_generator(0, 7, rank))["loss"] / 2).backward()
+    for name, p in model.named_parameters():
+        assert torch.allclose(p.grad, ddp_grads[name], atol=1e-6, rtol=1e-4), name
+
+
+@pytest.mark.slow
+def test_torchrun_cli_two_processes(tmp_path):
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    assert torchrun, "torchrun not found next to the interpreter"
+    out = tmp_path / "ddp"
+    cmd = [torchrun, "--standalone", "--nproc_per_node=2", "-m", "mergedna.cli", "pretrain", "--fasta", FASTA,
+           "--out", str(out), "--preset", "tiny", "--window", "256", "--batch-size", "2", "--steps", "4",
+           "--val", VAL, "--val-windows", "2", "--val-every", "2", "--ckpt-every", "2", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    cfg = json.loads((out / "run_config.json").read_text())
+    assert cfg["meta"]["world_size"] == 2
+    assert (out / "model" / "model.safetensors").exists()
