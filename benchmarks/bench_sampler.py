@@ -14,8 +14,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,30 +22,9 @@ from pathlib import Path
 import torch
 
 from mergedna.data.genome import Genome, GenomeSampler
+from mergedna.provenance import run_metadata
 
 RESULTS = Path(__file__).resolve().parent / "results" / "sampler.jsonl"
-
-
-def machine() -> dict:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": model, "cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
-
-
-def git_commit() -> str:
-    root = Path(__file__).resolve().parents[1]
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return sha.stdout.strip() + ("-dirty" if dirty.strip() else "")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -79,13 +56,14 @@ def main(argv: list[str] | None = None) -> dict:
         del sampler, genome  # release the memmap before the temporary cache goes
 
     bp_per_s = steps * args.batch * args.window / elapsed
+    meta = run_metadata()
     row = {
         "bench": "sampler",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "commit": git_commit(),
+        "commit": f"{meta['git_commit']}{'-dirty' if meta['git_dirty'] else ''}",
         "command": " ".join([Path(sys.executable).name, *sys.argv]) if argv is None else " ".join(argv),
         "torch": torch.__version__,
-        "machine": machine(),
+        "machine": meta["machine"],
         "threads": torch.get_num_threads(),
         "fasta": [os.path.basename(f) for f in args.fasta],
         "genome_bp": genome_bp,

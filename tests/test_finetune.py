@@ -178,6 +178,9 @@ def test_dev_is_carved_from_train_when_missing():
                       dev_fraction=0.34, **QUICK)
     assert "of train" in result["task"]["dev_source"] and result["task"]["comparable"]
     assert result["task"]["sizes"] == {"train": 6, "dev": 3, "test": 3}
+    single = finetune(FIXTURES / "splice_sample.csv", None, preset="tiny", layout="csv", **QUICK)
+    assert single["task"]["sizes"] == {"train": 96, "dev": 12, "test": 12}  # 80/10/10, stratified
+    assert "single file" in single["task"]["dev_source"] and single["task"]["label_names"] == ["ei", "ie", "n"]
 
 
 def test_benchmark_table_and_resume(tmp_path, monkeypatch):

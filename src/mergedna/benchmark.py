@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from .data.task_formats import find_split_files
-from .finetune import FinetuneSettings, add_training_arguments, finetune, run_metadata, settings_from_args, \
-    write_json_atomic
+from .finetune import FinetuneSettings, add_training_arguments, finetune, settings_from_args
+from .provenance import run_metadata, write_json_atomic
 
 # SPEC §9: MergeDNA (380M), GUE, MCC × 100, per task as published
 PUBLISHED_GUE_MCC = {
@@ -260,7 +260,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("benchmark", help="fine-tune tasks x seeds and tabulate mean ± sd next to the "
                                                 "published MergeDNA numbers")
     p.add_argument("--suite", choices=sorted(SUITES), default="gue")
-    p.add_argument("--data-root", required=True, help="folder holding the suite's task folders (e.g. ../shared/data/gue)")
+    p.add_argument("--data-root", required=True,
+                   help="folder holding the suite's task folders (e.g. ../shared/data/gue)")
     p.add_argument("--tasks", nargs="+", help="task folders relative to --data-root (default: all with a train split)")
     p.add_argument("--seeds", type=int, default=3, help="number of seeds per task")
     p.add_argument("--first-seed", type=int, default=0)

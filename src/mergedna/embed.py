@@ -108,9 +108,11 @@ def iter_embeddings(model, records: Iterable[tuple[str, np.ndarray]], per_base: 
     """Yield ``(name, embedding)`` for ``(name, ids)`` records, in input order; pooled ``(D,)`` or
     per-base ``(length, D)`` float32 (module docstring for chunks and ``rc_average``).
 
-    Records are taken in blocks of about ``block_bases`` bases (default 64 batches of full
-    chunks); inside a block the chunks are sorted by length so batches pad little. The model's
-    outputs do not depend on batch composition, so results do not depend on ``batch_size``.
+    Records are taken in blocks of about ``block_bases`` bases (default: 64 batches of full chunks
+    pooled; per base, as many bases as keep the block's float32 vectors near 256 MB, and always
+    at least one whole record, so a per-base record needs length × D × 4 bytes); inside a block
+    the chunks are sorted by length so batches pad little. The model's outputs do not depend on
+    batch composition, so results do not depend on ``batch_size``.
     """
     encoder = as_encoder(model)
     encoder.eval()
@@ -118,7 +120,8 @@ def iter_embeddings(model, records: Iterable[tuple[str, np.ndarray]], per_base: 
     overlap = chunk_length // 4 if chunk_overlap is None else chunk_overlap
     if not 0 <= overlap < chunk_length:
         raise ValueError(f"chunk_overlap must be in [0, chunk_length), got {overlap} for {chunk_length}")
-    block_bases = block_bases or 64 * batch_size * chunk_length
+    dim = encoder.config.hidden_size
+    block_bases = block_bases or ((256 << 20) // (4 * dim) if per_base else 64 * batch_size * chunk_length)
     records = iter(records)
     while True:
         block, bases = [], 0
@@ -130,11 +133,13 @@ def iter_embeddings(model, records: Iterable[tuple[str, np.ndarray]], per_base: 
         if not block:
             return
         # (record, start, reverse?) per piece; pieces sorted by length, longest first
+        strands = (False, True) if rc_average else (False,)
         pieces = [(r, int(s), rc) for r, (_, ids) in enumerate(block)
-                  for s in chunk_starts(len(ids), chunk_length, overlap) for rc in ((False, True) if rc_average else (False,))]
+                  for s in chunk_starts(len(ids), chunk_length, overlap) for rc in strands]
         pieces.sort(key=lambda p: -min(chunk_length, len(block[p[0]][1])))
-        sums = [np.zeros((len(ids), 1) if per_base else 1, np.float64) for _, ids in block]
-        acc = [None] * len(block)
+        dtype = np.float32 if per_base else np.float64  # per base: memory; pooled: a few sums
+        acc = [np.zeros((len(ids), dim) if per_base else dim, dtype) for _, ids in block]
+        sums = [np.zeros((len(ids), 1) if per_base else 1, dtype) for _, ids in block]
         for k in range(0, len(pieces), batch_size):
             batch = pieces[k : k + batch_size]
             arrays = []
@@ -143,8 +148,6 @@ def iter_embeddings(model, records: Iterable[tuple[str, np.ndarray]], per_base: 
                 arrays.append(reverse_complement(piece) if rc else piece)
             for (r, s, rc), vec in zip(batch, _run(encoder, arrays, per_base, precision, merge_ratio)):
                 n = len(vec) if per_base else min(chunk_length, len(block[r][1]))
-                if acc[r] is None:
-                    acc[r] = np.zeros((len(block[r][1]), vec.shape[-1]) if per_base else vec.shape, np.float64)
                 if per_base:  # the reverse strand's row j is forward position n - 1 - j
                     acc[r][s : s + n] += vec[::-1] if rc else vec
                     sums[r][s : s + n] += 1
@@ -164,7 +167,9 @@ def embed_sequences(model, sequences: list[str], names: list[str] | None = None,
     names = names or [f"sequence {i + 1}" for i in range(len(sequences))]
     records = ((name, encode(seq, record=name)) for name, seq in zip(names, sequences))
     out = [vec for _, vec in iter_embeddings(model, records, per_base=per_base, **kwargs)]
-    return out if per_base else np.stack(out) if out else np.zeros((0, as_encoder(model).config.hidden_size), np.float32)
+    if per_base:
+        return out
+    return np.stack(out) if out else np.zeros((0, as_encoder(model).config.hidden_size), np.float32)
 
 
 def read_sequences(path: str | os.PathLike, sequence_column: str | int | None = None,

@@ -32,16 +32,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
-import json
 import math
 import os
-import platform
 import random
 import shlex
-import subprocess
 import sys
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -50,15 +45,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.exceptions import UndefinedMetricWarning
-from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef, roc_auc_score
 from tqdm.auto import tqdm
 
-from . import __version__
 from .config import PRESETS, preset as preset_config
 from .data.task_batching import LENGTH_POLICIES, average_chunk_logits, make_dataloader
 from .data.tasks import LAYOUTS, LabelledSplit, Task, load_task, make_split
 from .heads import MergeDNAForSequenceClassification
+from .provenance import run_metadata, write_json_atomic
 
 METRICS = ("mcc", "accuracy", "f1", "auroc")
 # every Local and Latent Encoder block's attention and SwiGLU linears (not the grouping projections)
@@ -100,8 +93,10 @@ class FinetuneSettings:
     train_on_dev: bool = False
 
     def __post_init__(self):
-        checks = {"schedule": (self.schedule, ("linear", "cosine")), "precision": (self.precision, ("bf16", "fp32")),
-                  "select_metric": (self.select_metric, METRICS), "length_policy": (self.length_policy, LENGTH_POLICIES)}
+        checks = {"schedule": (self.schedule, ("linear", "cosine")),
+                  "precision": (self.precision, ("bf16", "fp32")),
+                  "select_metric": (self.select_metric, METRICS),
+                  "length_policy": (self.length_policy, LENGTH_POLICIES)}
         for name, (value, allowed) in checks.items():
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
@@ -111,6 +106,9 @@ class FinetuneSettings:
 
 def classification_metrics(labels: np.ndarray, probs: np.ndarray) -> dict:
     """MCC, accuracy, macro-F1 and AUROC of class probabilities ``probs`` (n, C) against ``labels`` (n,)."""
+    from sklearn.exceptions import UndefinedMetricWarning
+    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef, roc_auc_score
+
     pred = probs.argmax(1)
     out = {"mcc": float(matthews_corrcoef(labels, pred)), "accuracy": float(accuracy_score(labels, pred)),
            "f1": float(f1_score(labels, pred, average="macro", labels=np.arange(probs.shape[1]), zero_division=0))}
@@ -290,42 +288,6 @@ def fit(model, train_loader, evaluate_dev, settings: FinetuneSettings, progress:
     return {"dev_curve": curve, "best_step": best[0], "best_dev": best[2], "steps": step, "total_steps": total,
             "eval_every": eval_every, "warmup_steps": warmup, "stopped_early": stopped_early,
             "steps_per_epoch": steps_per_epoch}
-
-
-def run_metadata(command: str | None = None) -> dict:
-    """Command, UTC date, git commit of the package's checkout (and whether it is dirty), machine."""
-    here = Path(__file__).resolve().parent
-
-    def git(*args):
-        try:
-            res = subprocess.run(["git", "-C", str(here), *args], capture_output=True, text=True, timeout=10)
-            return res.stdout.strip() if res.returncode == 0 else None
-        except (OSError, subprocess.SubprocessError):
-            return None
-
-    commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
-    return {"command": command if command is not None else shlex.join(sys.argv),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "git_commit": commit, "git_dirty": bool(status) if status is not None else None,
-            "mergedna_version": __version__,
-            "machine": {"host": platform.node(), "platform": platform.platform(), "processor": platform.machine(),
-                        "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                        "python": platform.python_version(), "torch": torch.__version__}}
-
-
-def write_json_atomic(path: str | os.PathLike, obj) -> None:
-    """Write ``obj`` as JSON to ``path`` through a temporary sibling and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def plot_dev_curve(result: dict, path: str | os.PathLike) -> None:

@@ -261,26 +261,25 @@ def plot_segmentation(segs: list[Segmentation], regions_per_seg, path: str | Pat
 
 def segment_fasta(encoder: MergeDNAModel, fasta, regions: list[str] | None = None, merge_ratio=None,
                   batch_size: int = 8) -> list[Segmentation]:
-    """Segment every record of ``fasta`` (or only the ``rec[:start-end]`` ``regions``, in file order)."""
-    wanted = {}
-    for text in regions or []:
-        name, s, e = parse_region(text)
-        wanted.setdefault(name, []).append((s, e, text))
-    out, found = [], set()
+    """Segment every record of ``fasta``, or only ``regions`` (``rec`` or ``rec:start-end``, 1-based
+    inclusive), in file order. A region text that is itself a record's name (``20:59001-61000`` in
+    a sliced FASTA) means that whole record, as in samtools."""
+    parsed = {text: parse_region(text) for text in regions or []}
+    out, done = [], set()
     for name, ids in read_fasta_records(fasta):
-        if regions and name not in wanted:
-            continue
-        spans = wanted.get(name) or [(None, None, name)]
-        found.add(name)
+        spans = [(0, len(ids), name)] if not regions else []
+        for text, (rec, s, e) in parsed.items():
+            if text not in done and (text == name or rec == name):
+                spans.append((0, len(ids), text) if text == name or s is None else (s, e, text))
+                done.add(text)
         for s, e, text in spans:
-            s, e = (0, len(ids)) if s is None else (s, e)
             if e > len(ids):
                 raise ValueError(f"region {text!r} ends after record {name!r} ({len(ids)} bases)")
             starts, ends = segment_ids(encoder, ids[s:e], merge_ratio=merge_ratio, batch_size=batch_size)
             out.append(Segmentation(name, s, ids[s:e], starts + s, ends + s))
-    missing = sorted(set(wanted) - found)
+    missing = [text for text in parsed if text not in done]
     if missing:
-        raise ValueError(f"records not in {fasta}: {missing}")
+        raise ValueError(f"regions whose record is not in {fasta}: {missing}")
     return out
 
 

@@ -16,8 +16,6 @@ import dataclasses
 import json
 import math
 import os
-import platform
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +26,7 @@ from tqdm.auto import tqdm
 from ..config import MergeDNAConfig, preset
 from ..data.genome import Genome, GenomeSampler
 from ..model import MergeDNAForPretraining
+from ..provenance import run_metadata
 from ..objectives import MergeDNAPretrainer, ObjectiveConfig, step_generator
 from . import distributed as D
 from .checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -85,24 +84,6 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
         return cfg.lr * (step + 1) / cfg.warmup
     progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def run_metadata() -> dict:
-    """Machine, date and commit for results files."""
-    cpu = platform.processor() or ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                                cwd=Path(__file__).parent).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    return {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "commit": commit, "cpu": cpu,
-            "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
 def build_model(cfg: TrainConfig) -> MergeDNAForPretraining:

@@ -1,0 +1,32 @@
+# Two entry points, each sets itself up on a fresh machine:
+#   make demo   - the main job: pretrain on the embedded E. coli genome, fine-tune on UCI splice
+#                 junctions (pretrained vs from scratch), show the learned tokens; < 10 min on 2 CPU cores
+#   make test   - the test suite (CI runs exactly this)
+# Both create .venv on first use. torch is pinned: `pip install torch==2.13.0` takes the CPU build.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.mergedna-installed
+TORCH ?= torch==2.13.0
+DEMO_OUT ?= mergedna-demo
+
+.PHONY: demo test venv clean-venv
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[test,lora,hf,parquet]"
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/mergedna demo --out $(DEMO_OUT)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,147 @@
+"""Model throughput: bp/s of forward and forward+backward per preset and sequence length.
+
+    python benchmarks/bench_model.py                       # tiny small base paper x 1k 4k 16k
+    python benchmarks/bench_model.py --presets small --lengths 4096 --batch 2
+
+One pass of the full pretraining model (φ ψ ω ζ and the base head, the MTR pass) on real
+chr20 sequence from the test fixture (random bases past its 6 kb), under bf16 autocast.
+"forward" is inference (no_grad); "forward+backward" adds the backward of the base
+cross-entropy. Each configuration runs in a fresh subprocess, so its peak RSS is its own;
+one untimed warm-up call, then the median of ``--repeats`` timed calls. A configuration
+that runs out of memory or time is recorded as such. Rows are appended to
+``benchmarks/results/model_throughput.jsonl`` and the markdown table of the whole run is
+written to ``benchmarks/results/model_throughput.md``, with machine, date, commit and command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def real_bases(n: int, batch: int) -> torch.Tensor:
+    """(batch, n) ids: the chr20 fixture, then uniformly random bases once it runs out."""
+    from mergedna.vocab import encode
+
+    text = "".join(line.strip() for line in (ROOT / "tests" / "fixtures" / "chr20_slice.fa").read_text().splitlines()
+                   if not line.startswith(">"))
+    ids = torch.from_numpy(encode(text[2000:]).astype("int64"))  # skip the leading N run
+    g = torch.Generator().manual_seed(0)
+    out = torch.randint(0, 4, (batch, n), generator=g)
+    k = min(n, ids.numel())
+    out[:, :k] = ids[:k]
+    return out
+
+
+def measure(preset: str, n: int, batch: int, mode: str, repeats: int, bf16: bool) -> dict:
+    """Time one configuration in this process."""
+    from mergedna.config import preset as make_preset
+    from mergedna.model import MergeDNAForPretraining
+
+    torch.manual_seed(0)
+    model = MergeDNAForPretraining(make_preset(preset))
+    ids = real_bases(n, batch)
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            if mode == "forward":
+                with torch.no_grad():
+                    model(ids)
+                return
+            loss = model(ids, labels=ids).loss
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    step()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    sec = statistics.median(times)
+    return {"seconds": sec, "bp_per_s": batch * n / sec, "times": times,
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+
+def run_isolated(args, preset: str, n: int, mode: str) -> dict:
+    cmd = [sys.executable, __file__, "--child", preset, str(n), mode, "--batch", str(args.batch),
+           "--repeats", str(args.repeats)] + ([] if args.bf16 else ["--fp32"])
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        return {"status": f"timeout after {args.timeout} s"}
+    if res.returncode != 0:
+        killed = res.returncode < 0 or "MemoryError" in res.stderr or "out of memory" in res.stderr.lower()
+        return {"status": "out of memory" if killed else f"failed: {res.stderr.strip().splitlines()[-1:]}"}
+    return {"status": "ok", **json.loads(res.stdout.strip().splitlines()[-1])}
+
+
+def markdown(rows: list[dict], meta: dict) -> str:
+    m = meta["machine"]
+    lines = [f"# Model throughput (bf16 autocast: {rows[0]['bf16']})", "",
+             f"- machine: {m['cpu']}, {m['cpus']} cores, torch {m['torch']}, {m['torch_threads']} threads",
+             f"- date {meta['date']}, commit {meta['git_commit']}{' (dirty)' if meta['git_dirty'] else ''}",
+             f"- command: `{meta['command']}`", "",
+             "| preset | N (bp) | batch | forward bp/s | forward+backward bp/s | peak RSS fwd+bwd (GB) |",
+             "|---|---|---|---|---|---|"]
+    keyed = {(r["preset"], r["length"], r["mode"]): r for r in rows}
+    for (preset, n) in dict.fromkeys((r["preset"], r["length"]) for r in rows):
+        cells = []
+        for mode in ("forward", "forward+backward"):
+            r = keyed.get((preset, n, mode), {"status": "not run"})
+            cells.append(f"{r['bp_per_s']:,.0f}" if r.get("status") == "ok" else r["status"])
+        fb = keyed.get((preset, n, "forward+backward"), {})
+        rss = f"{fb['peak_rss_gb']:.1f}" if fb.get("status") == "ok" else "-"
+        lines.append(f"| {preset} | {n:,} | {rows[0]['batch']} | {cells[0]} | {cells[1]} | {rss} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--presets", nargs="+", default=["tiny", "small", "base", "paper"])
+    p.add_argument("--lengths", nargs="+", type=int, default=[1024, 4096, 16384])
+    p.add_argument("--modes", nargs="+", default=["forward", "forward+backward"])
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--fp32", dest="bf16", action="store_false")
+    p.add_argument("--timeout", type=int, default=1200, help="seconds per configuration")
+    p.add_argument("--child", nargs=3, metavar=("PRESET", "N", "MODE"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        preset, n, mode = args.child
+        print(json.dumps(measure(preset, int(n), args.batch, mode, args.repeats, args.bf16)))
+        return
+
+    from mergedna.provenance import run_metadata
+
+    meta = run_metadata(shlex.join(["python", "benchmarks/bench_model.py", *sys.argv[1:]]))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for preset in args.presets:
+        for n in args.lengths:
+            for mode in args.modes:
+                row = {"bench": "model", "preset": preset, "length": n, "batch": args.batch, "mode": mode,
+                       "bf16": args.bf16, **run_isolated(args, preset, n, mode), **meta}
+                rows.append(row)
+                shown = f"{row['bp_per_s']:>12,.0f} bp/s" if row["status"] == "ok" else row["status"]
+                print(f"{preset:>6} N={n:>6} {mode:<17} {shown}", flush=True)
+                with open(RESULTS / "model_throughput.jsonl", "a") as fh:
+                    fh.write(json.dumps(row) + "\n")
+    (RESULTS / "model_throughput.md").write_text(markdown(rows, meta))
+    print(markdown(rows, meta))
+
+
+if __name__ == "__main__":
+    main()
