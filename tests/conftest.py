@@ -27,6 +27,15 @@ def read_fasta_simple(path):
     return records
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """The machine's 2 cores are shared: one intra-op thread avoids OpenMP oversubscription stalls."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def chr20() -> np.ndarray:
     """Ids of the 6 kb chr20 slice (real human sequence, no N)."""

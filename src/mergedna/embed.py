@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 
 from .data.task_formats import (FASTA_SUFFIXES, NAME_COLUMNS, SEQUENCE_COLUMNS, TABLE_SUFFIXES, _column,
                                 _open_text, _sniff_delimiter, format_suffix)
+from .data.fasta import iter_fasta
 from .heads import pool_bases
 from .merging import unmerge
 from .model import MergeDNAModel
@@ -181,19 +182,7 @@ def read_sequences(path: str | os.PathLike, sequence_column: str | int | None = 
     fmt = format_suffix(path)
     with _open_text(path) as fh:
         if fmt in FASTA_SUFFIXES:
-            name, parts = None, []
-            for line in itertools.chain(fh, [">"]):
-                line = line.strip()
-                if line.startswith(">"):
-                    if name is not None:
-                        if not parts:
-                            raise ValueError(f"{path}: record {name!r} has no sequence")
-                        yield name, encode("".join(parts), record=name, file=str(path))
-                    name, parts = (line[1:].split() or [""])[0], []
-                elif line:
-                    if name is None:
-                        raise ValueError(f"{path}: not FASTA: sequence before the first '>' header")
-                    parts.append(line)
+            yield from iter_fasta(path, fh)
         elif fmt in TABLE_SUFFIXES:
             first = fh.readline()
             reader = csv.reader(itertools.chain([first], fh), delimiter=_sniff_delimiter(first, path))

@@ -32,9 +32,10 @@ import numpy as np
 import torch
 
 from .config import PRESETS, preset as preset_config
+from .data.fasta import iter_fasta
 from .embed import load_encoder
 from .model import MergeDNAModel, prepare_inputs
-from .vocab import PAD, decode, encode
+from .vocab import PAD, decode
 
 _REGION = re.compile(r"^(?P<name>.+?)(?::(?P<start>[\d,]+)-(?P<end>[\d,]+))?$")
 OTHER = "other"
@@ -85,27 +86,6 @@ def format_tokens(seg: Segmentation, limit: int | None = None, width: int = 80) 
     keep = len(seg.starts) if limit is None else int(np.searchsorted(seg.starts - seg.offset, limit, "left"))
     joined = "|".join(text[s - seg.offset : e - seg.offset] for s, e in zip(seg.starts[:keep], seg.ends[:keep]))
     return [joined[i : i + width] for i in range(0, len(joined), width)]
-
-
-def read_fasta_records(path: str | Path):
-    """Stream ``(name, ids)`` per FASTA record (plain or gzip); name = header up to the first blank."""
-    path = Path(path)
-    with open(path, "rb") as fh:
-        opener = gzip.open if fh.read(2) == b"\x1f\x8b" else open
-    name, parts = None, []
-    with opener(path, "rt") as fh:
-        for line in fh:
-            line = line.strip()
-            if line.startswith(">"):
-                if name is not None:
-                    yield name, encode("".join(parts), record=name, file=str(path))
-                name, parts = (line[1:].split() or [""])[0], []
-            elif line:
-                if name is None:
-                    raise ValueError(f"{path}: not FASTA: sequence before the first '>' header")
-                parts.append(line)
-    if name is not None:
-        yield name, encode("".join(parts), record=name, file=str(path))
 
 
 def parse_region(text: str) -> tuple[str, int | None, int | None]:
@@ -266,7 +246,7 @@ def segment_fasta(encoder: MergeDNAModel, fasta, regions: list[str] | None = Non
     a sliced FASTA) means that whole record, as in samtools."""
     parsed = {text: parse_region(text) for text in regions or []}
     out, done = [], set()
-    for name, ids in read_fasta_records(fasta):
+    for name, ids in iter_fasta(fasta):
         spans = [(0, len(ids), name)] if not regions else []
         for text, (rec, s, e) in parsed.items():
             if text not in done and (text == name or rec == name):
