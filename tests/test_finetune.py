@@ -206,3 +206,17 @@ def test_benchmark_table_and_resume(tmp_path, monkeypatch):
     assert again["summary"]["tasks"] == saved["summary"]["tasks"]
     with pytest.raises(BenchmarkMismatchError):
         run_benchmark("gue", root, out, **{**kwargs, "lr": 1e-3})
+
+
+def test_compare_table_side_by_side(tmp_path):
+    root = tmp_path / "gue"
+    shutil.copytree(SPLICE3, root / "tf" / "0")
+    kwargs = dict(tasks=["tf/0"], seeds=2, **{**QUICK, "max_steps": 2})
+    a = run_benchmark("gue", root, tmp_path / "a", preset="tiny", **kwargs)
+    b = run_benchmark("gue", root, tmp_path / "b", preset="tiny", first_seed=5, **kwargs)
+    table = benchmark_mod.compare_table([a, b], ["first", "second"])
+    row = next(line for line in table.splitlines() if line.startswith("| tf/0 "))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    expected = [f"{100 * r['summary']['tasks']['tf/0']['mcc']['mean']:.2f}" for r in (a, b)]
+    assert [c.split(" ±")[0] for c in cells[1:3]] == expected and cells[3] == "72.36"
+    assert "| **plain mean over tasks** |" in table and "- second: preset 'tiny'" in table

@@ -239,6 +239,48 @@ def run_benchmark(suite: str, data_root: str | os.PathLike, out: str | os.PathLi
     return results
 
 
+def compare_table(results: list[dict], names: list[str]) -> str:
+    """Side-by-side markdown of several ``results.json`` (same suite): per task the suite's metric,
+    mean ± sd over seeds (× 100) for each, the published value, and the plain mean over tasks."""
+    suite = {r["suite"] for r in results}
+    if len(suite) != 1:
+        raise ValueError(f"cannot compare results of different suites: {sorted(suite)}")
+    spec = SUITES[suite.pop()]
+    metric = spec["metric"]
+    tasks = list(dict.fromkeys(t for r in results for t in r["summary"]["tasks"]))
+    lines = [f"Test {metric.upper()} × 100, mean ± sd over seeds; published: {spec['published_source']}.", "",
+             "| task | " + " | ".join(names) + " | published |", "|---" * (len(names) + 2) + "|"]
+    for task in tasks:
+        cells = [_pct(r["summary"]["tasks"].get(task, {}).get(metric)) for r in results]
+        pub = spec["published"].get(task)
+        lines.append(f"| {task} | " + " | ".join(cells) + (f" | {pub:.2f} |" if pub is not None else " | n/a |"))
+    means = [_pct(r["summary"]["mean_over_tasks"].get(metric)) for r in results]
+    pub = results[0]["summary"]["mean_over_tasks"].get("published")
+    lines.append("| **plain mean over tasks** | " + " | ".join(means)
+                 + (f" | {pub:.2f} |" if pub is not None else " | n/a |"))
+    lines.append("")
+    for name, r in zip(names, results):
+        m = r["meta"]
+        lines.append(f"- {name}: {r['model_label']}; seeds {r['seeds']}; `{m['command']}`; {m['date']}, "
+                     f"commit {m['git_commit']}{' (dirty)' if m['git_dirty'] else ''}, {m['machine']['cpu']}, "
+                     f"{m['machine']['cpus']} cores, torch {m['machine']['torch']}")
+    return "\n".join(lines) + "\n"
+
+
+def cmd_compare(args) -> int:
+    names = args.names or [Path(d).name for d in args.results]
+    if len(names) != len(args.results):
+        raise SystemExit("mergedna compare: give one --names entry per results folder")
+    loaded = []
+    for d in args.results:
+        path = Path(d) / "results.json"
+        if not path.is_file():
+            raise SystemExit(f"mergedna compare: {path} not found (run mergedna benchmark --out {d} first)")
+        loaded.append(json.loads(path.read_text()))
+    print(compare_table(loaded, names), end="")
+    return 0
+
+
 def cmd_benchmark(args) -> int:
     def report(record, skipped):
         metric = SUITES[args.suite]["metric"]
@@ -269,4 +311,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--save-models", action="store_true", help="keep every run's fine-tuned checkpoint")
     add_training_arguments(p)
     p.set_defaults(func=cmd_benchmark)
+    c = subparsers.add_parser("compare", help="side-by-side table of several benchmark results folders")
+    c.add_argument("results", nargs="+", help="folders written by mergedna benchmark --out")
+    c.add_argument("--names", nargs="+", help="column names (default: folder names)")
+    c.set_defaults(func=cmd_compare)
     return p
