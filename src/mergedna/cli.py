@@ -202,8 +202,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a subcommand. Expected failures (bad input files, bad settings) print one line naming the
+    file, record and position instead of a traceback; set MERGEDNA_DEBUG=1 to see the traceback."""
+    import os
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, IsADirectoryError, PermissionError, ValueError, KeyError) as err:
+        if os.environ.get("MERGEDNA_DEBUG"):
+            raise
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"mergedna {args.command}: error: {msg}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
