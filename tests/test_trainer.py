@@ -142,16 +142,22 @@ def test_two_process_ddp_gradients_match_one_process(tmp_path, chr20):
 
 
 @pytest.mark.slow
-def test_torchrun_cli_two_processes(tmp_path):
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_torchrun_cli_two_processes_and_resume(tmp_path, strategy):
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
     assert torchrun, "torchrun not found next to the interpreter"
-    out = tmp_path / "ddp"
-    cmd = [torchrun, "--standalone", "--nproc_per_node=2", "-m", "mergedna.cli", "pretrain", "--fasta", FASTA,
-           "--out", str(out), "--preset", "tiny", "--window", "256", "--batch-size", "2", "--steps", "4",
-           "--val", VAL, "--val-windows", "2", "--val-every", "2", "--ckpt-every", "2", "--no-progress"]
+    out = tmp_path / strategy
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert res.returncode == 0, res.stderr[-3000:]
+    for steps, extra in ((2, []), (4, ["--resume"])):
+        cmd = [torchrun, "--standalone", "--nproc_per_node=2", "-m", "mergedna.cli", "pretrain", "--fasta", FASTA,
+               "--out", str(out), "--preset", "tiny", "--window", "256", "--batch-size", "2", "--steps", str(steps),
+               "--val", VAL, "--val-windows", "2", "--val-every", "2", "--ckpt-every", "2", "--log-every", "1",
+               "--no-progress", "--strategy", strategy, *extra]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+        assert res.returncode == 0, res.stderr[-3000:]
     cfg = json.loads((out / "run_config.json").read_text())
-    assert cfg["meta"]["world_size"] == 2
-    assert (out / "model" / "model.safetensors").exists()
+    assert cfg["meta"]["world_size"] == 2 and cfg["train"]["strategy"] == strategy
+    assert sorted(train_rows(out)) == [1, 2, 3, 4]
+    assert [p.name for p in checkpoint_dirs(out)] == ["step-00000002", "step-00000004"]
+    model = MergeDNAForPretraining.from_pretrained(out / "model")
+    assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -63,6 +63,28 @@ def wrap_model(module: nn.Module, info: DistInfo, strategy: str = "ddp") -> nn.M
     raise ValueError(f"unknown distributed strategy {strategy!r} (ddp or fsdp)")
 
 
+def full_state(wrapped: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """Unsharded CPU copies of the model's and the optimizer's state, whatever the wrapping
+    (none, DDP or FSDP2). A collective under FSDP: every rank must call it. Model keys are the
+    pretraining model's own (the objective wrapper's ``model.`` prefix is removed)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    model_sd, optim_sd = get_state_dict(_unwrap(wrapped), optimizer, options=opts)
+    return {k.removeprefix("model."): v for k, v in model_sd.items()}, optim_sd
+
+
+def load_optimizer_state(wrapped: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Inverse of :func:`full_state` for the optimizer (model weights are loaded before wrapping)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(_unwrap(wrapped), optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
+
+
 def all_reduce_sum(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """Sum a tensor over ranks (returns it unchanged when not distributed)."""
     if info.enabled:

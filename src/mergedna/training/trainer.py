@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from ..config import MergeDNAConfig, preset
 from ..data.genome import Genome, GenomeSampler
 from ..model import MergeDNAForPretraining
+from ..pretrained import atomic_write_dir
 from ..provenance import run_metadata
 from ..objectives import MergeDNAPretrainer, ObjectiveConfig, step_generator
 from . import distributed as D
@@ -162,7 +163,7 @@ def pretrain(cfg: TrainConfig) -> dict:
     wrapped = D.wrap_model(objective, info, cfg.strategy)
     optimizer = make_optimizer(model, cfg)
     if optim_state is not None:
-        optimizer.load_state_dict(optim_state)
+        D.load_optimizer_state(wrapped, optimizer, optim_state)
 
     log = _Log(out / "metrics.jsonl", info.is_main, start if ckpt is not None else None)
     meta = {**run_metadata(), "world_size": info.world_size}
@@ -174,15 +175,17 @@ def pretrain(cfg: TrainConfig) -> dict:
     autocast = torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
     bar = tqdm(total=cfg.steps, initial=start, disable=not (info.is_main and cfg.progress), unit="step",
                desc=f"pretrain {n_params / 1e6:.1f}M")
-    t0, bad, step, stop_reason = time.time(), 0, start, "steps"
+    t0, bad, step, stop_reason, final_state = time.time(), 0, start, "steps", None
     window_t, window_bases = time.time(), 0
 
     def save(at: int):
+        model_state, optim_state = D.full_state(wrapped, optimizer)  # a collective under FSDP
         if info.is_main:
             state = {"model_config": model.config.to_dict(), "train": cfg.to_dict(), "objective": obj_cfg.to_dict(),
                      "meta": meta}
-            save_checkpoint(out, at, model, model.state_dict(), optimizer.state_dict(), state, cfg.keep_last)
+            save_checkpoint(out, at, model, model_state, optim_state, state, cfg.keep_last)
         D.barrier(info)
+        return model_state
 
     for step in range(start, cfg.steps):
         for group in optimizer.param_groups:
@@ -235,15 +238,17 @@ def pretrain(cfg: TrainConfig) -> dict:
             if info.is_main:
                 plot_curves(out / "metrics.jsonl", out / "curves.png")
         if done % cfg.ckpt_every == 0 or last:
-            save(done)
+            final_state = save(done)
         if out_of_time:
             stop_reason = f"time limit of {cfg.time_limit} min"
             break
     bar.close()
     summary = {"steps_done": step + 1 if cfg.steps > start else start, "stopped_by": stop_reason,
                "train_minutes": (time.time() - t0) / 60, "parameters": n_params, "meta": meta}
+    if final_state is None:
+        final_state, _ = D.full_state(wrapped, optimizer)
     if info.is_main:
-        model.save_pretrained(out / "model")
+        atomic_write_dir(out / "model", lambda tmp: model.write_files(tmp, final_state))
         plot_curves(out / "metrics.jsonl", out / "curves.png")
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     D.barrier(info)
