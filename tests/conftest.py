@@ -36,6 +36,18 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tiny pretraining checkpoint (random weights, seed 0): what `--model DIR` receives."""
+    from mergedna.config import preset
+    from mergedna.model import MergeDNAForPretraining
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "pretrained"
+    MergeDNAForPretraining(preset("tiny")).save_pretrained(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def chr20() -> np.ndarray:
     """Ids of the 6 kb chr20 slice (real human sequence, no N)."""

@@ -9,10 +9,8 @@ import pytest
 import torch
 
 import mergedna.embed as embed_mod
-from mergedna.config import preset
 from mergedna.embed import embed_file, embed_sequences, load_encoder
 from mergedna.merging import unmerge
-from mergedna.model import MergeDNAForPretraining
 from mergedna.vocab import InvalidSequenceError, decode, encode, reverse_complement
 
 from conftest import FIXTURES, read_fasta_simple
@@ -23,13 +21,6 @@ SPLICE = FIXTURES / "splice_sample.csv"
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "pretrained"
-    MergeDNAForPretraining(preset("tiny")).save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")

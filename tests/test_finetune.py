@@ -22,7 +22,6 @@ from mergedna.data.tasks import load_gue_task
 from mergedna.finetune import (FinetuneSettings, TaskSetupError, apply_lora, classification_metrics, evaluate,
                                finetune, fit)
 from mergedna.heads import MergeDNAForSequenceClassification
-from mergedna.model import MergeDNAForPretraining
 
 from conftest import FIXTURES
 
@@ -33,14 +32,6 @@ QUICK = dict(max_steps=4, batch_size=4, eval_every=2, progress=False)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """A tiny pretraining checkpoint (random weights): what `--model DIR` receives."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "pretrained"
-    MergeDNAForPretraining(preset("tiny")).save_pretrained(path)
-    return path
 
 
 def count_evaluations(monkeypatch):

@@ -10,9 +10,7 @@ import pytest
 import torch
 
 import mergedna.segment as segment_mod
-from mergedna.config import preset
 from mergedna.embed import load_encoder
-from mergedna.model import MergeDNAForPretraining
 from mergedna.segment import parse_region, read_annotation, record_regions
 from mergedna.vocab import encode
 
@@ -25,13 +23,6 @@ RECORD = "20:30000001-30006000"
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "pretrained"
-    MergeDNAForPretraining(preset("tiny")).save_pretrained(path)
-    return path
 
 
 def run_cli(argv, capsys):

@@ -47,6 +47,24 @@ def test_run_writes_model_metrics_plot_and_checkpoints(tmp_path):
     MergeDNAForPretraining.from_pretrained(checkpoint_dirs(out)[-1])  # checkpoints load the same way
 
 
+def test_activation_checkpointing_gives_the_same_gradients(chr20):
+    from mergedna.config import preset
+    from mergedna.objectives import ObjectiveConfig, step_generator
+    from mergedna.training.trainer import apply_block_options
+
+    grads = []
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        model = MergeDNAForPretraining(preset("tiny"))
+        apply_block_options(model, activation_checkpointing=ckpt)
+        names = [n for n, _ in model.named_parameters()]
+        MergeDNAPretrainer(model, ObjectiveConfig())(batch_from(chr20, [256, 200]), step_generator(0, 0))["loss"].backward()
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    assert names == list(grads[1])  # parameter names unchanged
+    for n in grads[0]:
+        assert torch.allclose(grads[0][n], grads[1][n], atol=1e-6), n
+
+
 def test_lr_schedule():
     cfg = TrainConfig(lr=1.0, warmup=10, steps=110, min_lr_ratio=0.1)
     assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
