@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import json
 import math
 import resource
@@ -398,7 +399,7 @@ def growth_flags(rows: list[dict]) -> None:
     """Annotate each row with growth exponents from the previous length of its part, and flags."""
     for target in ("local_encoder", "whole_model"):
         ok = [r for r in rows if r["target"] == target and r["status"] == "ok"]
-        for prev, r in zip(ok, ok[1:]):
+        for prev, r in itertools.pairwise(ok):
             for name, key in (("time", "seconds"), ("flops", "flops"), ("memory", "rss_delta_gb")):
                 r[f"{name}_exponent"] = growth_exponent(prev, r, key)
             t, f, m = r["time_exponent"], r["flops_exponent"], r["memory_exponent"]

@@ -224,3 +224,22 @@ def test_torch_compile_on_blocks(chr20):
         assert torch.allclose(block(tokens.z, cos, sin, bias, window=16), local_ref, atol=1e-4)
         # the whole model runs with compiled blocks (merge decisions may differ by rounding)
         assert torch.isfinite(model(ids).logits).all()
+
+
+@pytest.mark.slow
+def test_small_forward_backward_on_real_chr20_windows_under_bf16(tmp_path):
+    from conftest import SHARED_DATA
+    from mergedna.data.genome import Genome, GenomeSampler
+
+    fasta = SHARED_DATA / "genomes" / "GRCh37_chr20.fa.gz"
+    if not fasta.is_file():
+        pytest.skip(f"{fasta} not present")
+    genome = Genome.from_fasta(fasta, cache_dir=tmp_path)
+    ids = GenomeSampler(genome, window=4096, seed=0).batch(0, 2)  # (2, 4096) real chr20 windows
+    torch.manual_seed(0)
+    model = MergeDNAForPretraining(preset("small"))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(ids, labels=ids)
+    out.loss.backward()
+    assert out.logits.shape == (2, 4096, 4) and out.encoder.token_mask.sum(1).tolist() == [2048, 2048]
+    assert torch.isfinite(out.loss) and all(torch.isfinite(p.grad).all() for p in model.parameters())
