@@ -90,10 +90,10 @@ def run_isolated(args, preset: str, n: int, mode: str) -> dict:
 
 def markdown(rows: list[dict], meta: dict) -> str:
     m = meta["machine"]
-    lines = [f"# Model throughput (bf16 autocast: {rows[0]['bf16']})", "",
+    lines = [f"# Model throughput (bf16 autocast: {rows[0]['bf16']}; one MTR pass of the full model)", "",
              f"- machine: {m['cpu']}, {m['cpus']} cores, torch {m['torch']}, {m['torch_threads']} threads",
              f"- date {meta['date']}, commit {meta['git_commit']}{' (dirty)' if meta['git_dirty'] else ''}",
-             f"- command: `{meta['command']}`", "",
+             f"- command(s): {', '.join(f'`{c}`' for c in dict.fromkeys(r['command'] for r in rows))}", "",
              "| preset | N (bp) | batch | forward bp/s | forward+backward bp/s | peak RSS fwd+bwd (GB) |",
              "|---|---|---|---|---|---|"]
     keyed = {(r["preset"], r["length"], r["mode"]): r for r in rows}
@@ -139,8 +139,13 @@ def main() -> None:
                 print(f"{preset:>6} N={n:>6} {mode:<17} {shown}", flush=True)
                 with open(RESULTS / "model_throughput.jsonl", "a") as fh:
                     fh.write(json.dumps(row) + "\n")
-    (RESULTS / "model_throughput.md").write_text(markdown(rows, meta))
-    print(markdown(rows, meta))
+    # the table covers every row measured at this commit (several invocations may add to it)
+    same = [r for r in map(json.loads, (RESULTS / "model_throughput.jsonl").read_text().splitlines())
+            if r.get("git_commit") == meta["git_commit"] and r.get("git_dirty") == meta["git_dirty"]]
+    latest = {(r["preset"], r["length"], r["mode"]): r for r in same}
+    table = markdown(list(latest.values()), meta)
+    (RESULTS / "model_throughput.md").write_text(table)
+    print(table)
 
 
 if __name__ == "__main__":
