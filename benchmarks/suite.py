@@ -179,11 +179,7 @@ def mergedna_workloads(name: str, ids: torch.Tensor) -> tuple[dict, dict]:
             parts = pretrainer(ids, step_generator(0, step_index[0]), ratio=RATIO)
         parts["loss"].backward()
         step_index[0] += 1
-        t0 = time.perf_counter()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return {"optimizer_s": time.perf_counter() - t0}
+        return optimizer_step(model, opt)
 
     def infer():
         with torch.no_grad(), autocast():
@@ -195,6 +191,15 @@ def mergedna_workloads(name: str, ids: torch.Tensor) -> tuple[dict, dict]:
             f"mergedna_{name}_inference": dict(model="mergedna", mode="inference", params=n_params(model.mergedna),
                                                tokens=N, flops=sum(flops.inference(cfg, N, B).values()))}
     return {f"mergedna_{name}_train": train, f"mergedna_{name}_inference": infer}, info
+
+
+def optimizer_step(model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict:
+    """Clip, step and clear, as the trainer does; returns the time it took as ``optimizer_s``."""
+    t0 = time.perf_counter()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return {"optimizer_s": time.perf_counter() - t0}
 
 
 def peer_model(kind: str, hidden: int, heads: int, layers: int, n_tokens: int, device=None):
@@ -242,11 +247,7 @@ def peer_workloads(kind: str, name: str, target_params: int, N: int, batch: int)
         with autocast():
             loss = model(input_ids=inputs, labels=labels).loss
         loss.backward()
-        t0 = time.perf_counter()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return {"optimizer_s": time.perf_counter() - t0}
+        return optimizer_step(model, opt)
 
     def infer():
         with torch.no_grad(), autocast():
