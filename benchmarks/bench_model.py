@@ -6,11 +6,12 @@
 One pass of the full pretraining model (φ ψ ω ζ and the base head, the MTR pass) on real
 chr20 sequence from the test fixture (random bases past its 6 kb), under bf16 autocast.
 "forward" is inference (no_grad); "forward+backward" adds the backward of the base
-cross-entropy. Each configuration runs in a fresh subprocess, so its peak RSS is its own;
+cross-entropy; "pretrain-step" is the whole three-pass objective (MTR, latent MTR, AMTM at
+ratio 0.5) and its backward, optionally with ``--activation-checkpointing``. Each configuration runs in a fresh subprocess, so its peak RSS is its own;
 one untimed warm-up call, then the median of ``--repeats`` timed calls. A configuration
 that runs out of memory or time is recorded as such. Rows are appended to
-``benchmarks/results/model_throughput.jsonl`` and the markdown table of the whole run is
-written to ``benchmarks/results/model_throughput.md``, with machine, date, commit and command.
+``benchmarks/results/<tag>.jsonl`` (default tag ``model_throughput``) and the markdown table of
+every row measured at the same commit is written to ``benchmarks/results/<tag>.md``, with machine, date, commit and command.
 """
 
 from __future__ import annotations
@@ -45,13 +46,17 @@ def real_bases(n: int, batch: int) -> torch.Tensor:
     return out
 
 
-def measure(preset: str, n: int, batch: int, mode: str, repeats: int, bf16: bool) -> dict:
+def measure(preset: str, n: int, batch: int, mode: str, repeats: int, bf16: bool, checkpointing: bool) -> dict:
     """Time one configuration in this process."""
     from mergedna.config import preset as make_preset
     from mergedna.model import MergeDNAForPretraining
+    from mergedna.objectives import MergeDNAPretrainer, ObjectiveConfig, step_generator
+    from mergedna.training.trainer import apply_block_options
 
     torch.manual_seed(0)
     model = MergeDNAForPretraining(make_preset(preset))
+    apply_block_options(model, activation_checkpointing=checkpointing)
+    objective = MergeDNAPretrainer(model, ObjectiveConfig())
     ids = real_bases(n, batch)
 
     def step():
@@ -60,7 +65,10 @@ def measure(preset: str, n: int, batch: int, mode: str, repeats: int, bf16: bool
                 with torch.no_grad():
                     model(ids)
                 return
-            loss = model(ids, labels=ids).loss
+            if mode == "pretrain-step":
+                loss = objective(ids, step_generator(0, 0), ratio=0.5)["loss"]
+            else:
+                loss = model(ids, labels=ids).loss
         loss.backward()
         model.zero_grad(set_to_none=True)
 
@@ -77,7 +85,8 @@ def measure(preset: str, n: int, batch: int, mode: str, repeats: int, bf16: bool
 
 def run_isolated(args, preset: str, n: int, mode: str) -> dict:
     cmd = [sys.executable, __file__, "--child", preset, str(n), mode, "--batch", str(args.batch),
-           "--repeats", str(args.repeats)] + ([] if args.bf16 else ["--fp32"])
+           "--repeats", str(args.repeats)] + ([] if args.bf16 else ["--fp32"]) + (
+        ["--activation-checkpointing"] if args.activation_checkpointing else [])
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
     except subprocess.TimeoutExpired:
@@ -96,6 +105,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
              f"- command(s): {', '.join(f'`{c}`' for c in dict.fromkeys(r['command'] for r in rows))}", "",
              "| preset | N (bp) | batch | forward bp/s | forward+backward bp/s | peak RSS fwd+bwd (GB) |",
              "|---|---|---|---|---|---|"]
+    steps = [r for r in rows if r["mode"] == "pretrain-step"]
+    rows = [r for r in rows if r["mode"] != "pretrain-step"]
     keyed = {(r["preset"], r["length"], r["mode"]): r for r in rows}
     for (preset, n) in dict.fromkeys((r["preset"], r["length"]) for r in rows):
         cells = []
@@ -105,6 +116,15 @@ def markdown(rows: list[dict], meta: dict) -> str:
         fb = keyed.get((preset, n, "forward+backward"), {})
         rss = f"{fb['peak_rss_gb']:.1f}" if fb.get("status") == "ok" else "-"
         lines.append(f"| {preset} | {n:,} | {rows[0]['batch']} | {cells[0]} | {cells[1]} | {rss} |")
+    if steps:
+        lines += ["", "Three-pass pretraining step (forward + backward, no optimizer):", "",
+                  "| preset | N (bp) | batch | activation checkpointing | bp/s | peak RSS (GB) |", "|---|---|---|---|---|---|"]
+        for r in steps:
+            ok = r.get("status") == "ok"
+            speed = f"{r['bp_per_s']:,.0f}" if ok else r["status"]
+            rss = f"{r['peak_rss_gb']:.1f}" if ok else "-"
+            lines.append(f"| {r['preset']} | {r['length']:,} | {r['batch']} | "
+                         f"{r.get('activation_checkpointing', False)} | {speed} | {rss} |")
     return "\n".join(lines) + "\n"
 
 
@@ -116,12 +136,15 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--fp32", dest="bf16", action="store_false")
+    p.add_argument("--activation-checkpointing", action="store_true", help="recompute blocks in backward")
     p.add_argument("--timeout", type=int, default=1200, help="seconds per configuration")
+    p.add_argument("--tag", default="model_throughput", help="results file stem under benchmarks/results/")
     p.add_argument("--child", nargs=3, metavar=("PRESET", "N", "MODE"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         preset, n, mode = args.child
-        print(json.dumps(measure(preset, int(n), args.batch, mode, args.repeats, args.bf16)))
+        print(json.dumps(measure(preset, int(n), args.batch, mode, args.repeats, args.bf16,
+                                 args.activation_checkpointing)))
         return
 
     from mergedna.provenance import run_metadata
@@ -133,18 +156,20 @@ def main() -> None:
         for n in args.lengths:
             for mode in args.modes:
                 row = {"bench": "model", "preset": preset, "length": n, "batch": args.batch, "mode": mode,
-                       "bf16": args.bf16, **run_isolated(args, preset, n, mode), **meta}
+                       "bf16": args.bf16, "activation_checkpointing": args.activation_checkpointing,
+                       **run_isolated(args, preset, n, mode), **meta}
                 rows.append(row)
                 shown = f"{row['bp_per_s']:>12,.0f} bp/s" if row["status"] == "ok" else row["status"]
                 print(f"{preset:>6} N={n:>6} {mode:<17} {shown}", flush=True)
-                with open(RESULTS / "model_throughput.jsonl", "a") as fh:
+                with open(RESULTS / f"{args.tag}.jsonl", "a") as fh:
                     fh.write(json.dumps(row) + "\n")
     # the table covers every row measured at this commit (several invocations may add to it)
-    same = [r for r in map(json.loads, (RESULTS / "model_throughput.jsonl").read_text().splitlines())
+    same = [r for r in map(json.loads, (RESULTS / f"{args.tag}.jsonl").read_text().splitlines())
             if r.get("git_commit") == meta["git_commit"] and r.get("git_dirty") == meta["git_dirty"]]
-    latest = {(r["preset"], r["length"], r["mode"]): r for r in same}
+    latest = {(r["preset"], r["length"], r["mode"], r["batch"], r.get("activation_checkpointing", False)): r
+              for r in same}
     table = markdown(list(latest.values()), meta)
-    (RESULTS / "model_throughput.md").write_text(table)
+    (RESULTS / f"{args.tag}.md").write_text(table)
     print(table)
 
 
