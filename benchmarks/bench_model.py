@@ -99,14 +99,15 @@ def run_isolated(args, preset: str, n: int, mode: str) -> dict:
 
 def markdown(rows: list[dict], meta: dict) -> str:
     m = meta["machine"]
-    lines = [f"# Model throughput (bf16 autocast: {rows[0]['bf16']}; one MTR pass of the full model)", "",
+    lines = [f"# Model throughput (bf16 autocast: {rows[0]['bf16']})", "",
              f"- machine: {m['cpu']}, {m['cpus']} cores, torch {m['torch']}, {m['torch_threads']} threads",
              f"- date {meta['date']}, commit {meta['git_commit']}{' (dirty)' if meta['git_dirty'] else ''}",
              f"- command(s): {', '.join(f'`{c}`' for c in dict.fromkeys(r['command'] for r in rows))}"]
     steps = [r for r in rows if r["mode"] == "pretrain-step"]
     rows = [r for r in rows if r["mode"] != "pretrain-step"]
     if rows:
-        lines += ["", "| preset | N (bp) | batch | forward bp/s | forward+backward bp/s | peak RSS fwd+bwd (GB) |",
+        lines += ["", "One MTR pass of the full model:", "",
+                  "| preset | N (bp) | batch | forward bp/s | forward+backward bp/s | peak RSS fwd+bwd (GB) |",
                   "|---|---|---|---|---|---|"]
     keyed = {(r["preset"], r["length"], r["mode"]): r for r in rows}
     for (preset, n) in dict.fromkeys((r["preset"], r["length"]) for r in rows):
