@@ -10,8 +10,8 @@ cross-entropy; "pretrain-step" is the whole three-pass objective (MTR, latent MT
 ratio 0.5) and its backward, optionally with ``--activation-checkpointing``. Each configuration runs in a fresh subprocess, so its peak RSS is its own;
 one untimed warm-up call, then the median of ``--repeats`` timed calls. A configuration
 that runs out of memory or time is recorded as such. Rows are appended to
-``benchmarks/results/<tag>.jsonl`` (default tag ``model_throughput``) and the markdown table of
-every row measured at the same commit is written to ``benchmarks/results/<tag>.md``, with machine, date, commit and command.
+``benchmarks/results/<tag>.jsonl`` (default tag ``model_throughput``); ``<tag>.md`` shows the
+latest measurement of every configuration in that file, each with its date and commit, with machine, date, commit and command.
 """
 
 from __future__ import annotations
@@ -97,36 +97,42 @@ def run_isolated(args, preset: str, n: int, mode: str) -> dict:
     return {"status": "ok", **json.loads(res.stdout.strip().splitlines()[-1])}
 
 
-def markdown(rows: list[dict], meta: dict) -> str:
-    m = meta["machine"]
-    lines = [f"# Model throughput (bf16 autocast: {rows[0]['bf16']})", "",
-             f"- machine: {m['cpu']}, {m['cpus']} cores, torch {m['torch']}, {m['torch_threads']} threads",
-             f"- date {meta['date']}, commit {meta['git_commit']}{' (dirty)' if meta['git_dirty'] else ''}",
-             f"- command(s): {', '.join(f'`{c}`' for c in dict.fromkeys(r['command'] for r in rows))}"]
+def markdown(rows: list[dict]) -> str:
+    """The latest row per configuration, each with its own date and commit; commands listed below."""
+    m = rows[-1]["machine"]
+    lines = [f"# Model throughput (bf16 autocast: {rows[-1]['bf16']})", "",
+             f"- machine: {m['cpu']}, {m['cpus']} cores, torch {m['torch']}, {m['torch_threads']} threads"]
+    lines += [f"- `{c}`" for c in dict.fromkeys(r["command"] for r in rows)]
+
+    def stamp(r):
+        return f"{r['date'][:10]} {(r['git_commit'] or '?')[:7]}{'+' if r['git_dirty'] else ''}"
+
     steps = [r for r in rows if r["mode"] == "pretrain-step"]
-    rows = [r for r in rows if r["mode"] != "pretrain-step"]
-    if rows:
-        lines += ["", "One MTR pass of the full model:", "",
-                  "| preset | N (bp) | batch | forward bp/s | forward+backward bp/s | peak RSS fwd+bwd (GB) |",
-                  "|---|---|---|---|---|---|"]
-    keyed = {(r["preset"], r["length"], r["mode"]): r for r in rows}
-    for (preset, n) in dict.fromkeys((r["preset"], r["length"]) for r in rows):
+    passes = [r for r in rows if r["mode"] != "pretrain-step"]
+    keyed = {(r["preset"], r["length"], r["mode"]): r for r in passes}
+    if passes:
+        lines += ["", "One MTR pass of the full model (commit `+` = uncommitted edits present):", "",
+                  "| preset | N (bp) | batch | forward bp/s | forward+backward bp/s | peak RSS fwd+bwd (GB) | date, commit |",
+                  "|---|---|---|---|---|---|---|"]
+    for (preset, n) in dict.fromkeys((r["preset"], r["length"]) for r in passes):
         cells = []
         for mode in ("forward", "forward+backward"):
             r = keyed.get((preset, n, mode), {"status": "not run"})
             cells.append(f"{r['bp_per_s']:,.0f}" if r.get("status") == "ok" else r["status"])
         fb = keyed.get((preset, n, "forward+backward"), {})
         rss = f"{fb['peak_rss_gb']:.1f}" if fb.get("status") == "ok" else "-"
-        lines.append(f"| {preset} | {n:,} | {rows[0]['batch']} | {cells[0]} | {cells[1]} | {rss} |")
+        any_row = keyed.get((preset, n, "forward+backward")) or keyed.get((preset, n, "forward"))
+        lines.append(f"| {preset} | {n:,} | {any_row['batch']} | {cells[0]} | {cells[1]} | {rss} | {stamp(any_row)} |")
     if steps:
         lines += ["", "Three-pass pretraining step (forward + backward, no optimizer):", "",
-                  "| preset | N (bp) | batch | activation checkpointing | bp/s | peak RSS (GB) |", "|---|---|---|---|---|---|"]
+                  "| preset | N (bp) | batch | activation checkpointing | bp/s | peak RSS (GB) | date, commit |",
+                  "|---|---|---|---|---|---|---|"]
         for r in steps:
             ok = r.get("status") == "ok"
             speed = f"{r['bp_per_s']:,.0f}" if ok else r["status"]
             rss = f"{r['peak_rss_gb']:.1f}" if ok else "-"
             lines.append(f"| {r['preset']} | {r['length']:,} | {r['batch']} | "
-                         f"{r.get('activation_checkpointing', False)} | {speed} | {rss} |")
+                         f"{r.get('activation_checkpointing', False)} | {speed} | {rss} | {stamp(r)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -165,12 +171,11 @@ def main() -> None:
                 print(f"{preset:>6} N={n:>6} {mode:<17} {shown}", flush=True)
                 with open(RESULTS / f"{args.tag}.jsonl", "a") as fh:
                     fh.write(json.dumps(row) + "\n")
-    # the table covers every row measured at this commit (several invocations may add to it)
-    same = [r for r in map(json.loads, (RESULTS / f"{args.tag}.jsonl").read_text().splitlines())
-            if r.get("git_commit") == meta["git_commit"] and r.get("git_dirty") == meta["git_dirty"]]
+    # the table keeps the latest measurement of every configuration ever run, each with its commit
+    every = [json.loads(x) for x in (RESULTS / f"{args.tag}.jsonl").read_text().splitlines() if x.strip()]
     latest = {(r["preset"], r["length"], r["mode"], r["batch"], r.get("activation_checkpointing", False)): r
-              for r in same}
-    table = markdown(list(latest.values()), meta)
+              for r in every}
+    table = markdown(list(latest.values()))
     (RESULTS / f"{args.tag}.md").write_text(table)
     print(table)
 

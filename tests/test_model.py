@@ -243,3 +243,23 @@ def test_small_forward_backward_on_real_chr20_windows_under_bf16(tmp_path):
     out.loss.backward()
     assert out.logits.shape == (2, 4096, 4) and out.encoder.token_mask.sum(1).tolist() == [2048, 2048]
     assert torch.isfinite(out.loss) and all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_local_attention_matches_sdpa_with_a_window_mask():
+    """The explicit windowed attention (chosen for CPU speed) equals SDPA over the full sequence with
+    a block-diagonal mask, padding keys masked (padding queries are not compared)."""
+    from mergedna.attention import _local_attention
+
+    g = torch.Generator().manual_seed(0)
+    B, n, H, hd, w = 2, 37, 2, 8, 16
+    q, k, v = (torch.randn(B, n, H, hd, generator=g) for _ in range(3))
+    lengths = torch.tensor([37, 20])
+    mask = torch.arange(n)[None, :] < lengths[:, None]
+    size = torch.randint(1, 4, (B, n), generator=g).float()
+    bias = key_bias(mask, size)
+    got = _local_attention(q, k, v, bias, w)  # (B, n, H, hd)
+    block = (torch.arange(n)[:, None] // w) == (torch.arange(n)[None, :] // w)  # same window
+    full_bias = torch.where(block[None], bias[:, None, :], torch.tensor(float("-inf")))  # (B, n, n)
+    ref = torch.nn.functional.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=full_bias[:, None]).transpose(1, 2)
+    assert torch.allclose(got[mask], ref[mask], atol=1e-5)
