@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import os
 import platform
@@ -27,7 +28,9 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+@functools.lru_cache(maxsize=None)
 def _git(*args) -> str | None:
+    """Asked once per process: the code that runs is the code that was checked out at start."""
     here = Path(__file__).resolve().parent
     try:
         res = subprocess.run(["git", "-C", str(here), *args], capture_output=True, text=True, timeout=10)
