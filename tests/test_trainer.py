@@ -139,6 +139,7 @@ def _ddp_worker(rank, world, init_file, out_file):
     ddp(ids, step_generator(0, 7, rank))["loss"].backward()
     if rank == 0:
         torch.save({n: p.grad for n, p in model.named_parameters()}, out_file)
+    dist.barrier()  # leave together: a rank tearing gloo down while its peer still talks can abort
     dist.destroy_process_group()
 
 
