@@ -52,3 +52,24 @@ def test_missing_input_and_malformed_task(tmp_path):
     bad.write_text("\n".join(rows[:5] + ["ACGTNNACGT"] + rows[5:20]) + "\n")  # a row without a label
     res = run_cli("finetune", "--preset", "tiny", "--task", str(bad), "--layout", "csv", "--out", str(tmp_path / "ft"))
     assert res.returncode == 2 and "task.csv" in res.stderr and "line 6" in res.stderr, res.stderr
+
+
+def test_pretrain_reads_a_toml_config_and_flags_override_it(tmp_path):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(f'''fasta = ["{FIXTURES / "chr20_slice.fa"}"]
+preset = "tiny"
+window = 128
+batch_size = 2
+steps = 50
+val = "20:59001-61000"
+val_windows = 2
+progress = false
+
+[objective]
+lambda_latent = 0.5
+''')
+    out = tmp_path / "run"
+    assert main(["pretrain", "--config", str(cfg), "--steps", "2", "--out", str(out), "--ratio-std", "0"]) == 0
+    saved = json.loads((out / "run_config.json").read_text())
+    assert saved["train"]["steps"] == 2 and saved["train"]["window"] == 128  # the flag wins over the file
+    assert saved["objective"]["lambda_latent"] == 0.5 and saved["objective"]["ratio_std"] == 0.0
