@@ -22,14 +22,13 @@ import json
 import os
 import shlex
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from .data.task_formats import find_split_files
 from .finetune import FinetuneSettings, add_training_arguments, finetune, settings_from_args
-from .provenance import run_metadata, write_json_atomic
+from .provenance import run_metadata, write_json_atomic, write_text_atomic
 
 # SPEC §9: MergeDNA (380M), GUE, MCC × 100, per task as published
 PUBLISHED_GUE_MCC = {
@@ -159,17 +158,6 @@ def markdown_table(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _run_record(task: str, seed: int, run_dir: Path, metrics: dict) -> dict:
     return {"task": task, "seed": seed, "dir": str(run_dir), "test": metrics["test"],
             "best_step": metrics["best_step"], "best_dev": metrics["best_dev"], "steps": metrics["steps"],
@@ -210,7 +198,7 @@ def run_benchmark(suite: str, data_root: str | os.PathLike, out: str | os.PathLi
         results["summary"] = summarise(results["runs"], tasks, suite)
         results["updated"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         write_json_atomic(out / "results.json", results)
-        _write_text_atomic(out / "results.md", markdown_table(results))
+        write_text_atomic(out / "results.md", markdown_table(results))
 
     for task in tasks:
         for seed in results["seeds"]:
