@@ -252,14 +252,13 @@ def test_local_attention_matches_sdpa_with_a_window_mask():
 
     g = torch.Generator().manual_seed(0)
     B, n, H, hd, w = 2, 37, 2, 8, 16
-    q, k, v = (torch.randn(B, n, H, hd, generator=g) for _ in range(3))
+    q, k, v = (torch.randn(B, H, n, hd, generator=g) for _ in range(3))
     lengths = torch.tensor([37, 20])
     mask = torch.arange(n)[None, :] < lengths[:, None]
     size = torch.randint(1, 4, (B, n), generator=g).float()
     bias = key_bias(mask, size)
-    got = _local_attention(q, k, v, bias, w)  # (B, n, H, hd)
+    got = _local_attention(q, k, v, bias, w).transpose(1, 2)  # (B, n, H, hd)
     block = (torch.arange(n)[:, None] // w) == (torch.arange(n)[None, :] // w)  # same window
     full_bias = torch.where(block[None], bias[:, None, :], torch.tensor(float("-inf")))  # (B, n, n)
-    ref = torch.nn.functional.scaled_dot_product_attention(
-        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=full_bias[:, None]).transpose(1, 2)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=full_bias[:, None]).transpose(1, 2)
     assert torch.allclose(got[mask], ref[mask], atol=1e-5)

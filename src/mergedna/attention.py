@@ -1,11 +1,13 @@
 """LLaMA-style bidirectional transformer blocks: pre-norm RMSNorm, SwiGLU, rotary positions.
 
-One block type serves all four modules. Attention runs on
-``torch.nn.functional.scaled_dot_product_attention`` in one of two layouts:
+One block type serves all four modules. Attention has two forms, both on heads-first
+(B, H, n, hd) tensors:
 
-* full: every token sees every real token of its sequence (Latent Encoder / Decoder);
+* full: every token sees every real token of its sequence (Latent Encoder / Decoder), on
+  ``torch.nn.functional.scaled_dot_product_attention`` (unmasked when there is no padding);
 * local: non-overlapping windows of ``w`` tokens (Local Encoder over current tokens,
-  Local Decoder over bases). Cost is O(n·w), never O(n²); the last window is padded.
+  Local Decoder over bases), as explicit batched matmuls over the windows. Cost is O(n·w),
+  never O(n²); the last window is padded.
 
 Positions are per token and may be fractional (a merged token sits at the mean base
 coordinate of its span), so rotary angles are computed from a ``(B, n)`` position tensor.
@@ -23,22 +25,27 @@ from .config import MergeDNAConfig
 
 
 def rotary_cos_sin(pos: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotary tables for positions ``pos`` (B, n), float. Returns cos, sin of shape (B, n, 1, head_dim/2)."""
+    """Rotary tables for positions ``pos`` (B, n), float. Returns cos, sin of shape (B, 1, n, head_dim/2),
+    laid out for heads-first tensors (B, H, n, hd)."""
     inv_freq = theta ** (-torch.arange(0, head_dim, 2, device=pos.device, dtype=torch.float32) / head_dim)
     angles = pos.float()[..., None] * inv_freq  # (B, n, hd/2)
-    return angles.cos()[:, :, None, :], angles.sin()[:, :, None, :]
+    return angles.cos()[:, None], angles.sin()[:, None]
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x`` (B, n, H, hd) by the tables from :func:`rotary_cos_sin` (rotate-half convention)."""
+    """Rotate ``x`` (..., B, H, n, hd) by the tables from :func:`rotary_cos_sin` (rotate-half convention).
+    Returns a contiguous tensor."""
     x1, x2 = x.chunk(2, dim=-1)
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
-def key_bias(mask: torch.Tensor, size: torch.Tensor | None = None) -> torch.Tensor:
-    """Additive key bias (B, n), float32: ``-inf`` on padding, ``log(size)`` on real tokens if given, else 0."""
+def key_bias(mask: torch.Tensor, size: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Additive key bias (B, n), float32: ``-inf`` on padding, ``log(size)`` on real tokens if given, else 0.
+    ``None`` when it would be all zeros (no padding, no sizes): attention then runs unmasked, which is faster."""
     if size is None:
+        if bool(mask.all()):
+            return None
         real = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
     else:
         real = size.float().clamp_min(1.0).log()
@@ -64,44 +71,44 @@ class Attention(nn.Module):
         self.proj = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=False)
 
     def forward(self, x, cos, sin, bias, window: int | None = None) -> torch.Tensor:
-        """x (B, n, D); cos/sin (B, n, 1, hd/2); bias (B, n) additive key bias; window w or None (full)."""
+        """x (B, n, D); cos/sin (B, 1, n, hd/2); bias (B, n) additive key bias or None; window w or None (full)."""
         B, n, D = x.shape
-        H, hd = self.num_heads, self.head_dim
-        q, k, v = self.qkv(x).view(B, n, 3, H, hd).unbind(2)  # each (B, n, H, hd)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        qkv = self.qkv(x).view(B, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, H, n, hd)
+        q, k = apply_rotary(qkv[:2], cos, sin).unbind(0)  # q and k rotated together, contiguous (B, H, n, hd)
+        v = qkv[2].contiguous()
         if window is None:
-            mask = bias.to(q.dtype)[:, None, None, :]  # (B, 1, 1, n)
-            out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                                 attn_mask=mask)  # (B, H, n, hd)
-            out = out.transpose(1, 2).reshape(B, n, D)
+            mask = None if bias is None else bias.to(q.dtype)[:, None, None, :]  # (B, 1, 1, n)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, n, hd)
         else:
-            out = _local_attention(q, k, v, bias, window).reshape(B, n, D)
-        return self.proj(out)
+            out = _local_attention(q, k, v, bias, window)
+        return self.proj(out.transpose(1, 2).reshape(B, n, D))
 
 
 def _local_attention(q, k, v, bias, w: int) -> torch.Tensor:
-    """Attention inside non-overlapping windows of ``w`` tokens. q/k/v (B, n, H, hd) -> (B, n, H, hd)."""
-    B, n, H, hd = q.shape
+    """Attention inside non-overlapping windows of ``w`` tokens. q/k/v (B, H, n, hd) -> (B, H, n, hd);
+    bias (B, n) or None."""
+    B, H, n, hd = q.shape
     nw = -(-n // w)
     pad = nw * w - n
+    if bias is None:
+        bias = q.new_zeros(B, n, dtype=torch.float32)
     if pad:
-        q, k, v = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (q, k, v))
+        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
         bias = F.pad(bias, (0, pad), value=float("-inf"))
 
-    def windows(t):  # (B, nw*w, H, hd) -> (B*nw, H, w, hd)
-        return t.view(B * nw, w, H, hd).transpose(1, 2)
+    def windows(t):  # (B, H, nw*w, hd) -> (B, H, nw, w, hd), a view
+        return t.view(B, H, nw, w, hd)
 
-    # (B*nw, 1, w, w): key bias per window; a padding query may see itself so no row is all -inf
+    # (B, 1, nw, w, w): key bias per window; a padding query may see itself so no row is all -inf
     # (a fully padded window would otherwise give NaN, whose gradient leaks into the weights).
-    wbias = bias.view(B * nw, 1, 1, w).expand(B * nw, 1, w, w)
+    wbias = bias.view(B, 1, nw, 1, w).expand(B, 1, nw, w, w)
     eye = torch.eye(w, dtype=torch.bool, device=q.device)
     wbias = torch.where(eye, wbias.clamp_min(0.0), wbias)
     # Explicit softmax attention: for 16×16 windows it is ~10x faster than SDPA's CPU kernels in
     # the backward pass (measured in benchmarks/bench_model.py), and memory is O(n·w) either way.
-    scores = windows(q) @ windows(k).transpose(-1, -2) * hd**-0.5 + wbias  # (B*nw, H, w, w)
-    out = scores.softmax(-1).to(v.dtype) @ windows(v)  # (B*nw, H, w, hd)
-    out = out.transpose(1, 2).reshape(B, nw * w, H, hd)
-    return out[:, :n]
+    scores = windows(q) @ windows(k).transpose(-1, -2) * hd**-0.5 + wbias  # (B, H, nw, w, w)
+    out = scores.softmax(-1).to(v.dtype) @ windows(v)  # (B, H, nw, w, hd)
+    return out.view(B, H, nw * w, hd)[:, :, :n]
 
 
 class Block(nn.Module):

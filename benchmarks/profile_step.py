@@ -1,0 +1,97 @@
+"""Where the time of a pretraining step goes: ``torch.profiler`` over the suite's training step.
+
+    python benchmarks/profile_step.py                          # small, N = 4096, batch 1
+    python benchmarks/profile_step.py --preset base --mode inference
+
+Runs the same workload as ``benchmarks/suite.py`` (three passes, backward, clip, AdamW; or the
+φ + ψ inference forward) under bf16 autocast, after ``--warmup`` untimed steps, and profiles
+``--steps`` steps. Prints and writes to ``benchmarks/results/profile_<preset>_<mode>_<N>.md``:
+the operators by self CPU time, and the same time summed into classes (matmul, attention,
+elementwise, casts and copies, merge gathers/scatters/sorts, optimiser, other), the shares the
+issue's optimisations are chosen from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from suite import base_windows, mergedna_workloads  # noqa: E402
+
+from mergedna.provenance import run_metadata, write_text_atomic  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSES = {  # first match wins; operator names as the profiler reports them (aten::...)
+    "matmul": ("mm", "bmm", "addmm", "matmul", "linear", "_weight_int", "baddbmm"),
+    "attention": ("scaled_dot_product", "flash_attention", "_softmax", "softmax"),
+    "optimiser": ("_foreach", "adamw", "clip_grad", "_fused_adam"),
+    "merge (gather/scatter/sort)": ("gather", "scatter", "sort", "argsort", "cumsum", "index", "topk"),
+    "casts and copies": ("copy_", "to", "_to_copy", "clone", "contiguous", "cat", "pad", "constant_pad", "fill_",
+                         "zero_", "empty", "new_zeros", "zeros", "ones", "full"),
+}
+
+
+def classify(name: str) -> str:
+    op = name.split("::")[-1].lower()
+    for cls, keys in CLASSES.items():
+        if any(op == k or op.startswith(k + "_") or op.startswith("_" + k) or k in op.split("_backward")[0]
+               for k in keys):
+            return cls
+    return "elementwise and other"
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="small")
+    p.add_argument("--mode", choices=("train", "inference"), default="train")
+    p.add_argument("--length", type=int, default=4096)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--top", type=int, default=30)
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    ids, _ = base_windows(None, args.length, args.batch)
+    workloads, _ = mergedna_workloads(args.preset, ids)
+    fn = workloads[f"mergedna_{args.preset}_{args.mode}"]
+    for _ in range(args.warmup):
+        fn()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(args.steps):
+            fn()
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events)
+    by_class = defaultdict(float)
+    for e in events:
+        by_class[classify(e.key)] += e.self_cpu_time_total
+    meta = run_metadata(shlex.join(["python", "benchmarks/profile_step.py", *(sys.argv[1:] if argv is None else argv)]))
+    lines = [f"# Profile: {args.preset} {args.mode}, N = {args.length}, batch {args.batch}", "",
+             f"- {meta['machine']['cpu']}, {args.threads} threads, torch {meta['machine']['torch']}, "
+             f"{meta['date']}, commit {meta['git_commit']}{' (dirty)' if meta['git_dirty'] else ''}",
+             f"- command: `{meta['command']}`; bf16 autocast; {args.steps} profiled steps after {args.warmup} warm-up",
+             f"- self CPU time per step: {total / args.steps / 1e6:.3f} s", "",
+             "| class | share |", "|---|---|"]
+    for cls, t in sorted(by_class.items(), key=lambda kv: -kv[1]):
+        lines.append(f"| {cls} | {t / total:.1%} |")
+    lines += ["", f"| operator | calls/step | self ms/step | share | class |", "|---|---|---|---|---|"]
+    for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:args.top]:
+        lines.append(f"| `{e.key}` | {e.count // args.steps} | {e.self_cpu_time_total / args.steps / 1e3:.1f} | "
+                     f"{e.self_cpu_time_total / total:.1%} | {classify(e.key)} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    out = Path(args.out_dir) / f"profile_{args.preset}_{args.mode}_{args.length}.md"
+    write_text_atomic(out, text)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
