@@ -180,3 +180,16 @@ def test_torchrun_cli_two_processes_and_resume(tmp_path, strategy):
     assert [p.name for p in checkpoint_dirs(out)] == ["step-00000002", "step-00000004"]
     model = MergeDNAForPretraining.from_pretrained(out / "model")
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_optimizer_is_fused_adamw_with_the_parameter_groups():
+    from mergedna.config import preset
+    from mergedna.training.trainer import make_optimizer
+
+    model = MergeDNAForPretraining(preset("tiny"))
+    opt = make_optimizer(model, TrainConfig(weight_decay=0.1))
+    assert opt.defaults["fused"] and not opt.defaults["foreach"]
+    decay, rest = opt.param_groups
+    assert decay["weight_decay"] == 0.1 and rest["weight_decay"] == 0.0
+    assert sum(p.numel() for g in (decay, rest) for p in g["params"]) == sum(p.numel() for p in model.parameters())
+    assert model.mergedna.local_encoder.embed.weight in rest["params"]

