@@ -9,8 +9,8 @@ tree as it is, uncommitted edits included). The workload code is this checkout's
 Every measurement is a fresh subprocess (``--warmup`` untimed steps, then ``--steps`` timed,
 median kept) and the two versions alternate for ``--rounds`` rounds, so drift on a shared
 machine hits both alike; the reported speed-up is the median over rounds of after/before bp/s.
-One row per (preset, mode) is appended to ``benchmarks/results/optimisations.jsonl`` and
-``optimisations.md`` is rewritten from it.
+One row per (preset, mode) is appended to ``optimisations.jsonl`` in ``--out-dir`` (default
+``benchmarks/results``) and ``optimisations.md`` is rewritten from it.
 """
 
 from __future__ import annotations
@@ -89,6 +89,7 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--out-dir", default=str(RESULTS))
     args = p.parse_args(argv)
 
     sys.path.insert(0, str(ROOT / "src"))
@@ -129,13 +130,15 @@ def main(argv=None) -> None:
             for side, rev in (("before", args.before), ("after", args.after)):
                 if rev is not None:
                     git("worktree", "remove", "--force", str(Path(tmp) / side))
-    history = RESULTS / "optimisations.jsonl"
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    history = out / "optimisations.jsonl"
     with open(history, "a") as fh:
         for row in new_rows:
             fh.write(json.dumps(row) + "\n")
     rows = [json.loads(line) for line in history.read_text().splitlines() if line.strip()]
-    write_text_atomic(RESULTS / "optimisations.md", markdown(rows))
-    print(f"appended to {history}, wrote {RESULTS / 'optimisations.md'}")
+    write_text_atomic(out / "optimisations.md", markdown(rows))
+    print(f"appended to {history}, wrote {out / 'optimisations.md'}")
 
 
 if __name__ == "__main__":

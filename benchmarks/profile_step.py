@@ -28,23 +28,27 @@ from suite import base_windows, mergedna_workloads  # noqa: E402
 from mergedna.provenance import run_metadata, write_text_atomic  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-CLASSES = {  # first match wins; operator names as the profiler reports them (aten::...)
-    "matmul": ("mm", "bmm", "addmm", "matmul", "linear", "_weight_int", "baddbmm"),
-    "attention": ("scaled_dot_product", "flash_attention", "_softmax", "softmax"),
-    "optimiser": ("_foreach", "adamw", "clip_grad", "_fused_adam"),
-    "merge (gather/scatter/sort)": ("gather", "scatter", "sort", "argsort", "cumsum", "index", "topk"),
-    "casts and copies": ("copy_", "to", "_to_copy", "clone", "contiguous", "cat", "pad", "constant_pad", "fill_",
-                         "zero_", "empty", "new_zeros", "zeros", "ones", "full"),
+CLASSES = {  # operator (after "aten::", leading underscores dropped) -> class; prefixes end in "*"
+    "matmul": {"mm", "bmm", "addmm", "baddbmm", "linear", "matmul"},
+    "attention (SDPA)": {"scaled_dot_product*"},
+    "softmax (local windows)": {"softmax", "softmax_backward_data"},
+    "optimiser": {"foreach*", "fused_adam*"},
+    "merge (gather/scatter/sort)": {"gather", "scatter", "scatter_add", "scatter_add_", "sort", "argsort", "cumsum",
+                                    "index", "index_select", "topk"},
+    "casts and copies": {"copy_", "to_copy", "to", "clone", "contiguous", "cat", "pad", "constant_pad_nd", "fill_",
+                         "zero_", "empty", "empty_strided", "new_zeros", "zeros", "ones", "full", "masked_fill",
+                         "masked_fill_", "where"},
 }
 
 
 def classify(name: str) -> str:
-    op = name.split("::")[-1].lower()
-    for cls, keys in CLASSES.items():
-        if any(op == k or op.startswith(k + "_") or op.startswith("_" + k) or k in op.split("_backward")[0]
-               for k in keys):
+    if name.startswith("autograd::") or not name.startswith("aten::"):
+        return "autograd and other bookkeeping"
+    op = name.split("::")[-1].lstrip("_")
+    for cls, names in CLASSES.items():
+        if op in names or any(n.endswith("*") and op.startswith(n[:-1]) for n in names):
             return cls
-    return "elementwise and other"
+    return "elementwise (norms, rotary, SwiGLU, ...)"
 
 
 def main(argv=None) -> None:
@@ -82,7 +86,7 @@ def main(argv=None) -> None:
              "| class | share |", "|---|---|"]
     for cls, t in sorted(by_class.items(), key=lambda kv: -kv[1]):
         lines.append(f"| {cls} | {t / total:.1%} |")
-    lines += ["", f"| operator | calls/step | self ms/step | share | class |", "|---|---|---|---|---|"]
+    lines += ["", "| operator | calls/step | self ms/step | share | class |", "|---|---|---|---|---|"]
     for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:args.top]:
         lines.append(f"| `{e.key}` | {e.count // args.steps} | {e.self_cpu_time_total / args.steps / 1e3:.1f} | "
                      f"{e.self_cpu_time_total / total:.1%} | {classify(e.key)} |")

@@ -31,6 +31,9 @@ Sections, all in one run on this machine, all under bf16 autocast on the CPU:
     MergeDNA and its peers of the same size are timed *interleaved*: every workload gets
     ``--warmup`` untimed calls, then ``--repeats`` rounds each timing every workload once, and
     the median is kept; a slow spell on the shared machine then hits all of them alike.
+    With ``--compile`` a second MergeDNA of each preset, its blocks under ``torch.compile``
+    (what ``mergedna pretrain --compile`` does), joins the same rounds; ``warmup_s`` records
+    the warm-up, which for it includes compilation.
 ``scaling``
     ``--scaling-preset`` (default small), batch 1, N in ``--scaling-lengths`` (1k … 32k):
     forward + backward of the Local Encoder alone (loss = mean square of its output tokens) and
@@ -76,8 +79,8 @@ from mergedna.config import preset as make_preset
 from mergedna.data.genome import Genome, GenomeSampler
 from mergedna.model import MergeDNAForPretraining, prepare_inputs
 from mergedna.objectives import MergeDNAPretrainer, ObjectiveConfig, step_generator
-from mergedna.provenance import run_metadata, write_json_atomic
-from mergedna.training.trainer import TrainConfig, make_optimizer
+from mergedna.provenance import run_metadata, write_json_atomic, write_text_atomic
+from mergedna.training.trainer import TrainConfig, apply_block_options, make_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("peak", "mergedna", "peers", "scaling", "sampler")
@@ -109,11 +112,13 @@ def n_params(model: torch.nn.Module) -> int:
 # ---------------------------------------------------------------- timing
 def interleaved(workloads: dict[str, Callable[[], dict | None]], warmup: int, repeats: int) -> dict[str, dict]:
     """Warm every workload up, then ``repeats`` rounds timing each once. A workload may return
-    extra sub-timings (seconds) which are collected alongside. Returns name -> {times, extra lists}."""
-    for fn in workloads.values():
+    extra sub-timings (seconds) which are collected alongside. Returns name -> {times, warmup_s, extra lists}."""
+    out: dict[str, dict] = {k: {"times": []} for k in workloads}
+    for name, fn in workloads.items():
+        t0 = time.perf_counter()
         for _ in range(warmup):
             fn()
-    out: dict[str, dict] = {k: {"times": []} for k in workloads}
+        out[name]["warmup_s"] = time.perf_counter() - t0
     for _ in range(repeats):
         for name, fn in workloads.items():
             t0 = time.perf_counter()
@@ -164,11 +169,14 @@ def load_genome(args) -> Genome:
 
 
 # ---------------------------------------------------------------- workloads
-def mergedna_workloads(name: str, ids: torch.Tensor) -> tuple[dict, dict]:
-    """Closures for the training step and inference of preset ``name``, and their descriptions."""
+def mergedna_workloads(name: str, ids: torch.Tensor, compile: bool = False) -> tuple[dict, dict]:
+    """Closures for the training step and inference of preset ``name``, and their descriptions;
+    ``compile`` puts every block under ``torch.compile`` (keys end in ``_compiled``)."""
     cfg = make_preset(name)
     torch.manual_seed(0)
     model = MergeDNAForPretraining(cfg)
+    if compile:
+        apply_block_options(model, compile=True)
     pretrainer = MergeDNAPretrainer(model, ObjectiveConfig())
     opt = make_optimizer(model, TrainConfig())
     B, N = ids.shape
@@ -185,12 +193,14 @@ def mergedna_workloads(name: str, ids: torch.Tensor) -> tuple[dict, dict]:
         with torch.no_grad(), autocast():
             model.mergedna(ids)
 
-    params = n_params(model)
-    info = {f"mergedna_{name}_train": dict(model="mergedna", mode="train", params=params, tokens=N,
-                                           flops=flops.pretraining_step(cfg, N, B, RATIO)["total"]),
-            f"mergedna_{name}_inference": dict(model="mergedna", mode="inference", params=n_params(model.mergedna),
-                                               tokens=N, flops=sum(flops.inference(cfg, N, B).values()))}
-    return {f"mergedna_{name}_train": train, f"mergedna_{name}_inference": infer}, info
+    params, tag = n_params(model), "_compiled" if compile else ""
+    info = {f"mergedna_{name}_train{tag}": dict(model="mergedna", mode="train", params=params, tokens=N,
+                                                compiled=compile,
+                                                flops=flops.pretraining_step(cfg, N, B, RATIO)["total"]),
+            f"mergedna_{name}_inference{tag}": dict(model="mergedna", mode="inference", compiled=compile,
+                                                    params=n_params(model.mergedna), tokens=N,
+                                                    flops=sum(flops.inference(cfg, N, B).values()))}
+    return {f"mergedna_{name}_train{tag}": train, f"mergedna_{name}_inference{tag}": infer}, info
 
 
 def optimizer_step(model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict:
@@ -272,9 +282,10 @@ def throughput(args, genome: Genome | None, sections: set[str]) -> list[dict]:
         with torch.device("meta"):
             target = n_params(MergeDNAForPretraining(make_preset(name)))
         if "mergedna" in sections:
-            w, i = mergedna_workloads(name, ids)
-            workloads.update(w)
-            info.update(i)
+            for compiled in (False, True) if args.compile else (False,):
+                w, i = mergedna_workloads(name, ids, compile=compiled)
+                workloads.update(w)
+                info.update(i)
         if "peers" in sections:
             for kind in PEERS:
                 w, i = peer_workloads(kind, name, target, args.length, args.batch)
@@ -288,7 +299,8 @@ def throughput(args, genome: Genome | None, sections: set[str]) -> list[dict]:
             sec = statistics.median(t["times"])
             row = {"key": key, "size": name, **info[key], "length": args.length, "batch": args.batch,
                    "input": source if info[key]["model"] == "mergedna" else "random tokens",
-                   "seconds": sec, "times": t["times"], "bp_per_s": args.batch * args.length / sec,
+                   "seconds": sec, "times": t["times"], "warmup_s": t["warmup_s"],
+                   "bp_per_s": args.batch * args.length / sec,
                    "gflops_per_s": info[key]["flops"] / sec / 1e9}
             if "optimizer_s" in t:
                 row["optimizer_s"] = statistics.median(t["optimizer_s"])
@@ -444,13 +456,13 @@ def check_targets(res: dict) -> list[dict]:
     """The issue's targets, each with value, threshold, ratio (>= 1 passes) and PASS/MISS or 'not run'."""
     out = []
 
-    def add(name, value, threshold, higher_is_better=True):
+    def add(name, value, threshold, higher_is_better=True, note=None):
         if value is None:
             out.append({"target": name, "status": "not run"})
             return
         ratio = value / threshold if higher_is_better else threshold / value
         out.append({"target": name, "value": value, "threshold": threshold, "ratio": ratio,
-                    "status": "PASS" if ratio >= 1 else "MISS"})
+                    "status": "PASS" if ratio >= 1 else "MISS", **({"note": note} if note else {})})
 
     rows = {r["key"]: r for r in rows_of(res, "mergedna") + rows_of(res, "peers")}
     for name in res["settings"]["presets"]:
@@ -458,7 +470,11 @@ def check_targets(res: dict) -> list[dict]:
         add(f"training utilisation {name} >= {TARGET_UTIL:.0%} of bf16 peak", train.get("utilisation"), TARGET_UTIL)
         esm = rows.get(f"esm_{name}_train")
         vs = train["gflops_per_s"] / esm["gflops_per_s"] if train and esm else None
-        add(f"training FLOP/s {name} >= {TARGET_VS_ESM:g}x ESM", vs, TARGET_VS_ESM)
+        note = None
+        if esm and "utilisation" in esm and TARGET_VS_ESM * esm["utilisation"] > 1:
+            note = (f"unreachable on this machine: ESM already runs at {esm['utilisation']:.0%} of the bf16 matmul "
+                    f"peak, so {TARGET_VS_ESM:g}x ESM would be {TARGET_VS_ESM * esm['utilisation']:.0%} of it")
+        add(f"training FLOP/s {name} >= {TARGET_VS_ESM:g}x ESM", vs, TARGET_VS_ESM, note=note)
     local = [r for r in rows_of(res, "scaling") if r["target"] == "local_encoder" and r["status"] == "ok"]
     within = [r for r in local if r["length"] <= 16384]
     if len(within) >= 2:
@@ -492,13 +508,14 @@ def markdown(res: dict) -> str:
         lines.append("")
     if rows_of(res, "mergedna") or rows_of(res, "peers"):
         lines += [f"## Throughput (N = {s['length']}, batch {s['batch']}; median of {s['repeats']}, interleaved)", "",
-                  "| size | model | mode | params | tokens/seq | bp/s | GFLOP/s | util. bf16 | optimiser s |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| size | model | mode | params | tokens/seq | bp/s | GFLOP/s | util. bf16 | optimiser s | warm-up s |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for r in sorted(rows_of(res, "mergedna") + rows_of(res, "peers"), key=lambda r: s["presets"].index(r["size"])):
             opt = f"{r['optimizer_s']:.3f}" if "optimizer_s" in r else "-"
-            lines.append(f"| {r['size']} | {r['model']} | {r['mode']} | {r['params']:,} | {r['tokens']:,} | "
+            model = r["model"] + (" (compiled)" if r.get("compiled") else "")
+            lines.append(f"| {r['size']} | {model} | {r['mode']} | {r['params']:,} | {r['tokens']:,} | "
                          f"{r['bp_per_s']:,.0f} | {r['gflops_per_s']:.1f} | {r.get('utilisation', float('nan')):.1%} "
-                         f"| {opt} |")
+                         f"| {opt} | {r['warmup_s']:.1f} |")
         lines.append("")
         for r in rows_of(res, "peers"):
             if r["mode"] == "train":
@@ -531,7 +548,8 @@ def markdown(res: dict) -> str:
         if t["status"] == "not run":
             lines.append(f"| {t['target']} | - | - | not run |")
         else:
-            lines.append(f"| {t['target']} | {t['value']:.3g} | {t['ratio']:.2f} | {t['status']} |")
+            note = f" ({t['note']})" if t.get("note") else ""
+            lines.append(f"| {t['target']} | {t['value']:.3g} | {t['ratio']:.2f} | {t['status']}{note} |")
     return "\n".join(lines) + "\n"
 
 
@@ -543,6 +561,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cache-dir", default=None, help="genome cache (default: mergedna's)")
     p.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--label", default=None, help="name of this run in the history file")
+    p.add_argument("--compile", action="store_true", help="also time MergeDNA with torch.compile'd blocks")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="intra-op threads")
     p.add_argument("--presets", nargs="+")
     p.add_argument("--length", type=int, help="N, bases per sequence")
@@ -583,7 +602,7 @@ def main(argv: list[str] | None = None) -> dict:
     settings = {k: getattr(args, k) for k in ("quick", "presets", "length", "batch", "warmup", "repeats",
                                               "peak_sizes", "peak_repeats", "scaling_preset", "scaling_lengths",
                                               "scaling_repeats", "sampler_seconds", "sampler_batch", "threads",
-                                              "fasta")}
+                                              "fasta", "compile")}
     settings.update(sections=sorted(sections), ratio=RATIO, autocast="bf16")
     res: dict = {"meta": meta, "settings": settings}
     genome = load_genome(args) if sections & {"mergedna", "scaling", "sampler"} else None  # builds the cache once
@@ -619,7 +638,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"  {t['target']:<62} {shown}")
     out = Path(args.out_dir)
     write_json_atomic(out / "suite.json", res)
-    (out / "suite.md").write_text(markdown(res))
+    write_text_atomic(out / "suite.md", markdown(res))
     with open(out / "suite_history.jsonl", "a") as fh:
         fh.write(json.dumps(res) + "\n")
     print(f"\nwrote {out / 'suite.json'} and {out / 'suite.md'}")

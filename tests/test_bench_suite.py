@@ -77,7 +77,8 @@ def test_targets_and_growth_flags():
     res = {"settings": {"presets": ["small"]},
            "mergedna": [{"key": "mergedna_small_train", "model": "mergedna", "mode": "train", "bp_per_s": 1000.0,
                          "gflops_per_s": 60.0, "utilisation": 0.3}],
-           "peers": [{"key": "esm_small_train", "model": "esm", "mode": "train", "gflops_per_s": 30.0}],
+           "peers": [{"key": "esm_small_train", "model": "esm", "mode": "train", "gflops_per_s": 30.0,
+                      "utilisation": 0.4}],
            "scaling": [{"target": "local_encoder", "status": "ok", "length": n, "s_per_mbp": s, "seconds": s * n,
                         "flops": n, "rss_delta_gb": 0.001 * n * m}
                        for n, s, m in ((1024, 1.0, 1), (16384, 1.4, 1), (32768, 1.4, 4))],
@@ -87,8 +88,44 @@ def test_targets_and_growth_flags():
     util, vs_esm, local, sampler = targets.values()
     assert util["status"] == "PASS" and util["ratio"] == pytest.approx(1.0)
     assert vs_esm["status"] == "MISS" and vs_esm["value"] == pytest.approx(2.0)
+    assert "unreachable" in vs_esm["note"] and "120%" in vs_esm["note"]  # 3 x 40% of the peak
     assert "N=16384" in local["target"] and local["status"] == "MISS" and local["ratio"] == pytest.approx(1.3 / 1.4)
     assert sampler["status"] == "MISS" and sampler["value"] == pytest.approx(19.0)
     assert any("time super-linear" in f for f in res["scaling"][1]["flags"])
     assert any("memory super-linear" in f for f in res["scaling"][2]["flags"])
     assert not any("time" in f for f in res["scaling"][2]["flags"])
+
+
+def test_compiled_workloads_are_named_apart():
+    """--compile adds a second MergeDNA with compiled blocks; its rows must not overwrite the eager ones."""
+    import torch
+
+    suite = load_suite()
+    ids = torch.randint(0, 4, (1, 64))
+    eager, eager_info = suite.mergedna_workloads("tiny", ids)
+    compiled, compiled_info = suite.mergedna_workloads("tiny", ids, compile=True)
+    assert set(eager) == {"mergedna_tiny_train", "mergedna_tiny_inference"}
+    assert set(compiled) == {"mergedna_tiny_train_compiled", "mergedna_tiny_inference_compiled"}
+    assert all(i["compiled"] for i in compiled_info.values()) and not any(i["compiled"] for i in eager_info.values())
+    assert compiled_info["mergedna_tiny_train_compiled"]["flops"] == eager_info["mergedna_tiny_train"]["flops"]
+
+
+@pytest.mark.slow
+def test_before_after_of_two_commits_and_the_profile(tmp_path):
+    """ab_commits measures two checkouts alternately and records the ratio; profile_step writes its table."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ab = [sys.executable, str(REPO / "benchmarks" / "ab_commits.py"), "--before", "HEAD", "--after", "HEAD",
+          "--label", "same code", "--presets", "tiny", "--length", "256", "--steps", "1", "--rounds", "2",
+          "--threads", "1", "--out-dir", str(tmp_path)]
+    res = subprocess.run(ab, capture_output=True, text=True, timeout=600, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    row = json.loads((tmp_path / "optimisations.jsonl").read_text())
+    assert row["before"] == row["after"] and len(row["before_runs"]) == len(row["after_runs"]) == 2
+    assert row["before_bp_per_s"] > 0 and row["speedup"] > 0
+    assert "| same code | tiny | train |" in (tmp_path / "optimisations.md").read_text()
+    prof = [sys.executable, str(REPO / "benchmarks" / "profile_step.py"), "--preset", "tiny", "--length", "256",
+            "--warmup", "1", "--steps", "1", "--threads", "1", "--out-dir", str(tmp_path)]
+    res = subprocess.run(prof, capture_output=True, text=True, timeout=600, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    table = (tmp_path / "profile_tiny_train_256.md").read_text()
+    assert "| matmul |" in table and "`aten::mm`" in table
