@@ -2,6 +2,7 @@
 #   make demo   - the main job: pretrain on the embedded E. coli genome, fine-tune on UCI splice
 #                 junctions (pretrained vs from scratch), show the learned tokens; < 10 min on 2 CPU cores
 #   make test   - the test suite (CI runs exactly this)
+#   make bench  - the speed suite (issue 6): ~40 min on 2 cores, writes benchmarks/results/suite.{json,md}
 # Both create .venv on first use. torch is pinned: `pip install torch==2.13.0` takes the CPU build.
 
 PYTHON ?= python3
@@ -11,7 +12,7 @@ STAMP := $(VENV)/.mergedna-installed
 TORCH ?= torch==2.13.0
 DEMO_OUT ?= mergedna-demo
 
-.PHONY: demo test venv clean-venv
+.PHONY: demo test bench venv clean-venv
 
 venv: $(STAMP)
 
@@ -27,6 +28,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/suite.py --compile $(BENCH_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)
