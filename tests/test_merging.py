@@ -136,3 +136,16 @@ def test_ratio_one_keeps_every_base(chr20):
     model = MergeDNAModel(preset("tiny")).eval()
     out = model(batch_from(chr20, [100]), merge_ratio=1.0)
     assert out.last_hidden_state.shape[1] == 100 and torch.equal(out.assign[0], torch.arange(100))
+
+
+def test_merged_tokens_are_contiguous():
+    """Blocks receive merged tokens; a strided view here made torch.compile recompile for every
+    shape until it hit its limit and fell back to eager (found in the speed suite)."""
+    g = torch.Generator().manual_seed(3)
+    B, n, D = 2, 21, 8
+    mask = torch.arange(n)[None] < torch.tensor([[21], [15]])
+    tokens = Tokens(z=torch.randn(B, n, D, generator=g), size=mask.float(),
+                    pos=torch.arange(n).float().expand(B, n), mask=mask)
+    metric = F.normalize(torch.randn(B, n, 4, generator=g), dim=-1)
+    merged = apply_merge(tokens, adjacent_merge_plan(metric, mask, torch.tensor([5, 3])))
+    assert merged.z.is_contiguous() and merged.z.shape == (B, 16, D)  # 21 - 5 real tokens left

@@ -203,7 +203,9 @@ def apply_merge(tokens: Tokens, plan: MergePlan) -> Tokens:
     den = w.new_zeros(B, slots).scatter_add(1, idx, w)
     size = w.new_zeros(B, slots).scatter_add(1, idx, tokens.size.float())
     pos_sum = w.new_zeros(B, slots).scatter_add(1, idx, tokens.pos.float() * tokens.size.float())
-    z = (num / den.clamp_min(1e-6)[..., None])[:, :-1].to(tokens.z.dtype)
+    # slice before dividing: the result is a fresh contiguous (B, n_new, D), so compiled blocks see
+    # one stride pattern whatever the merge (a strided view made torch.compile recompile per shape)
+    z = (num[:, :-1] / den[:, :-1, None].clamp_min(1e-6)).to(tokens.z.dtype)
     size = size[:, :-1]
     pos = (pos_sum[:, :-1] / size.clamp_min(1e-6))
     mask = torch.arange(plan.n_new, device=idx.device)[None, :] < plan.lengths[:, None]

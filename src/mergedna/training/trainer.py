@@ -99,6 +99,11 @@ def apply_block_options(model: torch.nn.Module, compile: bool = False, activatio
     transformer block (``torch.distributed._composable.checkpoint``) and/or ``torch.compile``."""
     from ..attention import Block
 
+    if compile:
+        # One compiled graph per call pattern: local/full window, key bias or none, grad or no grad,
+        # a detached input (pass 2). That is 7 in pretraining, near dynamo's default limit of 8,
+        # past which it silently falls back to eager; shapes are dynamic and add none.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
     for block in [m for m in model.modules() if isinstance(m, Block)]:
         if activation_checkpointing:
             from torch.distributed._composable import checkpoint
