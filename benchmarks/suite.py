@@ -390,8 +390,12 @@ def scaling(args) -> list[dict]:
                 if res.returncode == 0:
                     row.update(status="ok", **json.loads(res.stdout.strip().splitlines()[-1]))
                 else:
-                    oom = res.returncode < 0 or "out of memory" in res.stderr.lower() or "MemoryError" in res.stderr
-                    row["status"] = "out of memory" if oom else f"failed: {res.stderr.strip().splitlines()[-1:]}"
+                    if "out of memory" in res.stderr.lower() or "MemoryError" in res.stderr:
+                        row["status"] = "out of memory"
+                    elif res.returncode < 0:  # SIGKILL is what the kernel's OOM killer sends
+                        row["status"] = f"killed by signal {-res.returncode} (out of memory if 9; see dmesg)"
+                    else:
+                        row["status"] = f"failed: {res.stderr.strip().splitlines()[-1:]}"
             except subprocess.TimeoutExpired:
                 row["status"] = f"timeout after {args.timeout} s"
             rows.append(row)
