@@ -4,7 +4,7 @@
     python benchmarks/profile_step.py --preset base --mode inference
 
 Runs the same workload as ``benchmarks/suite.py`` (three passes, backward, clip, AdamW; or the
-φ + ψ inference forward) under bf16 autocast, after ``--warmup`` untimed steps, and profiles
+φ + ψ inference forward) under bf16 autocast (fp32 where the CPU lacks native bf16), after ``--warmup`` untimed steps, and profiles
 ``--steps`` steps. Prints and writes to ``benchmarks/results/profile_<preset>_<mode>_<N>.md``:
 the operators by self CPU time, and the same time summed into classes (matmul, attention,
 elementwise, casts and copies, merge gathers/scatters/sorts, optimiser, other), the shares the
@@ -23,6 +23,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import suite  # noqa: E402
 from suite import base_windows, mergedna_workloads  # noqa: E402
 
 from mergedna.provenance import run_metadata, write_text_atomic  # noqa: E402
@@ -81,7 +82,7 @@ def main(argv=None) -> None:
     lines = [f"# Profile: {args.preset} {args.mode}, N = {args.length}, batch {args.batch}", "",
              f"- {meta['machine']['cpu']}, {args.threads} threads, torch {meta['machine']['torch']}, "
              f"{meta['date']}, commit {meta['git_commit']}{' (dirty)' if meta['git_dirty'] else ''}",
-             f"- command: `{meta['command']}`; bf16 autocast; {args.steps} profiled steps after {args.warmup} warm-up",
+             f"- command: `{meta['command']}`; {'bf16 autocast' if suite.PRECISION == 'bf16' else 'fp32'}; {args.steps} profiled steps after {args.warmup} warm-up",
              f"- self CPU time per step: {total / args.steps / 1e6:.3f} s", "",
              "| class | share |", "|---|---|"]
     for cls, t in sorted(by_class.items(), key=lambda kv: -kv[1]):

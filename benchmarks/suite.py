@@ -5,12 +5,16 @@
     python benchmarks/suite.py --quick                  # tiny sizes, seconds: a smoke test
     python benchmarks/suite.py --only peak mergedna     # a subset of the sections
 
-Sections, all in one run on this machine, all under bf16 autocast on the CPU:
+Sections, all in one run on this machine, all under bf16 autocast on the CPU (``--precision``:
+the default ``auto`` is bf16 where the CPU multiplies bf16 natively, AMX or AVX512-BF16, and fp32
+elsewhere, where bf16 runs hundreds of times slower; the precision used is recorded, and
+utilisation is against the peak of that precision):
 
 ``peak``
-    Square matmuls (``--peak-sizes``, default 2048 and 4096) in bf16 and fp32, best of
-    ``--peak-repeats``; measured at the start and again at the end of the run. The larger of the
-    two bf16 values is the reference for utilisation (the conservative choice). Runs whenever
+    Square matmuls (``--peak-sizes``, default 2048 and 4096) in bf16 and fp32 (bf16 only where
+    native or forced), best of ``--peak-repeats``; measured at the start and again at the end of
+    the run. The larger of the two values of the precision in use is the reference for
+    utilisation (the conservative choice). Runs whenever
     ``mergedna`` or ``peers`` does.
 ``mergedna``
     Presets ``--presets`` (default small, base) at N = ``--length`` bases × ``--batch``.
@@ -19,7 +23,7 @@ Sections, all in one run on this machine, all under bf16 autocast on the CPU:
     backward, then gradient clipping and the AdamW step (``foreach``, the trainer's parameter
     groups) and ``zero_grad``: the optimiser is *included* in the timed step, and its own share
     is recorded as ``optimizer_s``. *Inference*: φ + ψ forward (the embedding model), no_grad.
-    Achieved FLOP/s = :mod:`mergedna.flops` count / median time; utilisation = that / bf16 peak.
+    Achieved FLOP/s = :mod:`mergedna.flops` count / median time; utilisation = that / peak.
 ``peers``
     ``transformers`` ``EsmForMaskedLM`` (Nucleotide-Transformer style: 6-mer tokens, N/6 of
     them, rotary positions, a 4,107-token vocabulary as NT-v2) and ``BertForMaskedLM``
@@ -79,6 +83,10 @@ from mergedna.config import preset as make_preset
 from mergedna.data.genome import Genome, GenomeSampler
 from mergedna.model import MergeDNAForPretraining, prepare_inputs
 from mergedna.objectives import MergeDNAPretrainer, ObjectiveConfig, step_generator
+try:
+    from mergedna.precision import PRECISIONS, bf16_is_native, resolve
+except ImportError:  # an older mergedna timed by benchmarks/ab_commits.py: before mergedna.precision, always bf16
+    PRECISIONS, bf16_is_native, resolve = ("auto", "bf16"), (lambda device_type="cpu": True), (lambda p: "bf16")
 from mergedna.provenance import run_metadata, write_json_atomic, write_text_atomic
 from mergedna.training.trainer import TrainConfig, apply_block_options, make_optimizer
 
@@ -101,8 +109,11 @@ TARGET_UTIL, TARGET_VS_ESM, TARGET_LOCAL_SCALING, TARGET_SAMPLER = 0.30, 3.0, 1.
 SUPERLINEAR = 1.1  # growth exponent above which an interval is flagged
 
 
+PRECISION = resolve("auto")  # set from --precision by main()
+
+
 def autocast():
-    return torch.autocast("cpu", dtype=torch.bfloat16)
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=PRECISION == "bf16")
 
 
 def n_params(model: torch.nn.Module) -> int:
@@ -130,9 +141,11 @@ def interleaved(workloads: dict[str, Callable[[], dict | None]], warmup: int, re
 
 
 def matmul_peak(sizes: list[int], repeats: int) -> dict:
-    """Best GFLOP/s of square matmuls per dtype, with every size's best."""
+    """Best GFLOP/s of square matmuls per dtype, with every size's best. bf16 only where it is the
+    precision in use or native (a non-native bf16 matmul at 4096 takes minutes)."""
     res = {}
-    for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+    dtypes = (("bf16", torch.bfloat16), ("fp32", torch.float32))
+    for name, dtype in [d for d in dtypes if d[0] in (PRECISION, "fp32") or bf16_is_native("cpu")]:
         rows = []
         for n in sizes:
             g = torch.Generator().manual_seed(n)
@@ -380,6 +393,7 @@ def scaling(args) -> list[dict]:
     for target in ("local_encoder", "whole_model"):
         for n in args.scaling_lengths:
             cmd = [sys.executable, __file__, "--child-scaling", target, str(n), "--threads", str(args.threads),
+                   "--precision", PRECISION,
                    "--scaling-preset", args.scaling_preset, "--warmup", str(args.warmup),
                    "--scaling-repeats", str(args.scaling_repeats), "--fasta", str(args.fasta)]
             if args.cache_dir:
@@ -471,12 +485,13 @@ def check_targets(res: dict) -> list[dict]:
     rows = {r["key"]: r for r in rows_of(res, "mergedna") + rows_of(res, "peers")}
     for name in res["settings"]["presets"]:
         train = rows.get(f"mergedna_{name}_train", {})
-        add(f"training utilisation {name} >= {TARGET_UTIL:.0%} of bf16 peak", train.get("utilisation"), TARGET_UTIL)
+        prec = res["settings"].get("autocast", "bf16")
+        add(f"training utilisation {name} >= {TARGET_UTIL:.0%} of {prec} peak", train.get("utilisation"), TARGET_UTIL)
         esm = rows.get(f"esm_{name}_train")
         vs = train["gflops_per_s"] / esm["gflops_per_s"] if train and esm else None
         note = None
         if esm and "utilisation" in esm and TARGET_VS_ESM * esm["utilisation"] > 1:
-            note = (f"unreachable on this machine: ESM already runs at {esm['utilisation']:.0%} of the bf16 matmul "
+            note = (f"unreachable on this machine: ESM already runs at {esm['utilisation']:.0%} of the {prec} matmul "
                     f"peak, so {TARGET_VS_ESM:g}x ESM would be {TARGET_VS_ESM * esm['utilisation']:.0%} of it")
         add(f"training FLOP/s {name} >= {TARGET_VS_ESM:g}x ESM", vs, TARGET_VS_ESM, note=note)
     local = [r for r in rows_of(res, "scaling") if r["target"] == "local_encoder" and r["status"] == "ok"]
@@ -502,17 +517,19 @@ def markdown(res: dict) -> str:
              f"- date {meta['date']}, commit {meta['git_commit']}{' (dirty)' if meta['git_dirty'] else ''}"
              + (f", label `{meta['label']}`" if meta.get("label") else ""),
              f"- command: `{meta['command']}`",
-             "- bf16 autocast; training step = forward + backward + clip + AdamW; FLOPs from `mergedna.flops`", ""]
+             f"- {'bf16 autocast' if s.get('autocast', 'bf16') == 'bf16' else 'fp32 (no native bf16 on this CPU)'}; "
+             "training step = forward + backward + clip + AdamW; FLOPs from `mergedna.flops`", ""]
     if "start" in res["peak"]:
         p = res["peak"]
         lines += ["## Matmul peak (GFLOP/s)", "", "| dtype | start | end | used |", "|---|---|---|---|"]
-        for dt in ("bf16", "fp32"):
+        for dt in [d for d in ("bf16", "fp32") if d in p["start"]]:
             end = p["end"][dt]["gflops"] if "end" in p else float("nan")
             lines.append(f"| {dt} | {p['start'][dt]['gflops']:.1f} | {end:.1f} | {p[dt]:.1f} |")
         lines.append("")
     if rows_of(res, "mergedna") or rows_of(res, "peers"):
         lines += [f"## Throughput (N = {s['length']}, batch {s['batch']}; median of {s['repeats']}, interleaved)", "",
-                  "| size | model | mode | params | tokens/seq | bp/s | GFLOP/s | util. bf16 | optimiser s | warm-up s |",
+                  f"| size | model | mode | params | tokens/seq | bp/s | GFLOP/s | util. {s.get('autocast', 'bf16')} "
+                  "| optimiser s | warm-up s |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for r in sorted(rows_of(res, "mergedna") + rows_of(res, "peers"), key=lambda r: s["presets"].index(r["size"])):
             opt = f"{r['optimizer_s']:.3f}" if "optimizer_s" in r else "-"
@@ -567,6 +584,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--label", default=None, help="name of this run in the history file")
     p.add_argument("--compile", action="store_true", help="also time MergeDNA with torch.compile'd blocks")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="intra-op threads")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="bf16 autocast, fp32, or auto (default): bf16 where the CPU has AMX/AVX512-BF16")
     p.add_argument("--presets", nargs="+")
     p.add_argument("--length", type=int, help="N, bases per sequence")
     p.add_argument("--batch", type=int)
@@ -589,7 +608,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    global PRECISION
     args = parse(argv)
+    PRECISION = resolve(args.precision)
     torch.set_num_threads(args.threads)
     if args.child_scaling:
         target, n = args.child_scaling
@@ -607,24 +628,27 @@ def main(argv: list[str] | None = None) -> dict:
                                               "peak_sizes", "peak_repeats", "scaling_preset", "scaling_lengths",
                                               "scaling_repeats", "sampler_seconds", "sampler_batch", "threads",
                                               "fasta", "compile")}
-    settings.update(sections=sorted(sections), ratio=RATIO, autocast="bf16")
+    settings.update(sections=sorted(sections), ratio=RATIO, autocast=PRECISION)
+    if PRECISION != "bf16":
+        print(f"precision {PRECISION}: this CPU has no native bf16 matmul (AMX/AVX512-BF16); utilisation is "
+              "against the fp32 peak", flush=True)
     res: dict = {"meta": meta, "settings": settings}
     genome = load_genome(args) if sections & {"mergedna", "scaling", "sampler"} else None  # builds the cache once
 
     if "peak" in sections:
         res["peak"] = {"start": matmul_peak(args.peak_sizes, args.peak_repeats)}
-        print(f"matmul peak: bf16 {res['peak']['start']['bf16']['gflops']:.1f}, "
-              f"fp32 {res['peak']['start']['fp32']['gflops']:.1f} GFLOP/s", flush=True)
+        print("matmul peak: " + ", ".join(f"{dt} {v['gflops']:.1f}" for dt, v in res["peak"]["start"].items())
+              + " GFLOP/s", flush=True)
     if sections & {"mergedna", "peers"}:
         rows = throughput(args, genome, sections)
         res["peak"]["end"] = matmul_peak(args.peak_sizes, args.peak_repeats)
         res["mergedna"] = [r for r in rows if r["model"] == "mergedna"]
         res["peers"] = [r for r in rows if r["model"] != "mergedna"]
     if "peak" in res:
-        for dt in ("bf16", "fp32"):
+        for dt in list(res["peak"]["start"]):
             res["peak"][dt] = max(res["peak"][k][dt]["gflops"] for k in ("start", "end") if k in res["peak"])
         for r in rows_of(res, "mergedna") + rows_of(res, "peers"):
-            r["utilisation"] = r["gflops_per_s"] / res["peak"]["bf16"]
+            r["utilisation"] = r["gflops_per_s"] / res["peak"][PRECISION]
     if "scaling" in sections:
         res["scaling"] = scaling(args)
     if "sampler" in sections:

@@ -38,7 +38,7 @@ def test_quick_run_has_every_section(tmp_path):
     res, stdout = run_suite(tmp_path, "--label", "smoke")
     for section in ("peak", "mergedna", "peers", "scaling", "sampler", "targets"):
         assert res.get(section), section
-    assert res["peak"]["bf16"] > 0 and res["peak"]["fp32"] > 0 and "end" in res["peak"]
+    assert res["peak"][res["settings"]["autocast"]] > 0 and res["peak"]["fp32"] > 0 and "end" in res["peak"]
     assert {(r["model"], r["mode"]) for r in res["mergedna"]} == {("mergedna", "train"), ("mergedna", "inference")}
     assert {(r["model"], r["mode"]) for r in res["peers"]} == {(m, k) for m in ("esm", "bert")
                                                                for k in ("train", "inference")}

@@ -22,6 +22,7 @@ from mergedna.data.tasks import load_gue_task
 from mergedna.finetune import (FinetuneSettings, TaskSetupError, apply_lora, classification_metrics, evaluate,
                                finetune, fit)
 from mergedna.heads import MergeDNAForSequenceClassification
+from mergedna.precision import resolve
 
 from conftest import FIXTURES
 
@@ -38,7 +39,7 @@ def count_evaluations(monkeypatch):
     calls = []
     real = finetune_mod.evaluate
 
-    def counting(model, loader, split, precision="bf16", name="eval", progress=False):
+    def counting(model, loader, split, precision="auto", name="eval", progress=False):
         calls.append(name)
         return real(model, loader, split, precision, name, progress)
 
@@ -93,6 +94,7 @@ def test_finetune_cli_from_checkpoint(tmp_path, checkpoint, capsys):
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["model"]["init"] == "pretrained" and saved["model"]["mode"] == "full"
     assert saved["settings"]["lr"] == 1e-4 and saved["command"].startswith("mergedna")
+    assert saved["settings"]["precision"] == resolve("auto")  # recorded as run: bf16 only where native
     tuned = MergeDNAForSequenceClassification.from_pretrained(out / "model")
     start = MergeDNAForSequenceClassification.from_pretrained(checkpoint, num_labels=3)
     name = "mergedna.latent_encoder.blocks.0.attn.qkv.weight"

@@ -15,6 +15,7 @@ import torch
 from conftest import FIXTURES, batch_from
 from mergedna.model import MergeDNAForPretraining
 from mergedna.objectives import MergeDNAPretrainer
+from mergedna.precision import resolve
 from mergedna.training.checkpoints import checkpoint_dirs
 from mergedna.training.trainer import TrainConfig, TrainingDiverged, lr_at, pretrain
 
@@ -176,6 +177,7 @@ def test_torchrun_cli_two_processes_and_resume(tmp_path, strategy):
         assert res.returncode == 0, res.stderr[-3000:]
     cfg = json.loads((out / "run_config.json").read_text())
     assert cfg["meta"]["world_size"] == 2 and cfg["train"]["strategy"] == strategy
+    assert cfg["train"]["bf16"] is (resolve("auto") == "bf16")  # the precision that ran, not "auto"
     assert sorted(train_rows(out)) == [1, 2, 3, 4]
     assert [p.name for p in checkpoint_dirs(out)] == ["step-00000002", "step-00000004"]
     model = MergeDNAForPretraining.from_pretrained(out / "model")

@@ -149,7 +149,9 @@ def add_pretrain_parser(sub) -> None:
     a("--min-lr-ratio", dest="min_lr_ratio", type=float, help="cosine floor as a fraction of --lr (default 0.1)")
     a("--weight-decay", dest="weight_decay", type=float, help="AdamW weight decay (default 1e-8, paper)")
     a("--clip", type=float, help="gradient-norm clip (default 1.0)")
-    a("--no-bf16", dest="bf16", action="store_false", default=None, help="train in fp32 instead of bf16 autocast")
+    a("--bf16", action=argparse.BooleanOptionalAction, default=None,
+      help="bf16 autocast on or off (default: on where the device multiplies bf16 natively: AMX/AVX512-BF16 "
+           "CPUs, CUDA; elsewhere fp32)")
     a("--compile", action="store_true", default=None, help="torch.compile the transformer blocks")
     a("--activation-checkpointing", dest="activation_checkpointing", action="store_true", default=None,
       help="recompute block activations during backward: much less memory for ~1/3 more compute")

@@ -20,6 +20,7 @@ from importlib import resources
 from pathlib import Path
 
 from .config import PRESETS
+from .precision import resolve
 
 ECOLI_RECORD = "K-12-MG1655"
 ECOLI_LENGTH = 4_639_675
@@ -55,6 +56,8 @@ def cmd_demo(args) -> int:
     fasta, splice = str(embedded("Ecoli_K12_MG1655.fasta.gz")), str(embedded("splice.csv"))
     started = time.time()
     print(f"MergeDNA demo -> {out}/  (embedded data: {fasta}, {splice})")
+    print("precision: bf16 autocast (this CPU multiplies bf16 natively)" if resolve("auto") == "bf16" else
+          "precision: fp32 (this CPU has no AMX/AVX512-BF16, where bf16 autocast would be far slower)")
     val = f"{ECOLI_RECORD}:{ECOLI_LENGTH - 100_000 + 1}-{ECOLI_LENGTH}"
     _run(["pretrain", "--fasta", fasta, "--val", val, "--preset", args.preset, "--window", str(args.window),
           "--batch-size", "8", "--steps", str(args.pretrain_steps), "--warmup", "20", "--lr", "2e-3",

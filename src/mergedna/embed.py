@@ -46,6 +46,7 @@ from .data.fasta import iter_fasta
 from .heads import pool_bases
 from .merging import unmerge
 from .model import MergeDNAModel
+from .precision import PRECISIONS, autocast
 from .pretrained import CONFIG_NAME, MergeDNAPreTrainedModel
 from .vocab import PAD, encode, reverse_complement
 
@@ -93,7 +94,7 @@ def _run(encoder: MergeDNAModel, pieces: list[np.ndarray], per_base: bool, preci
     for b, piece in enumerate(pieces):
         ids[b, : len(piece)] = torch.from_numpy(piece.astype(np.int64))
     mask = torch.arange(ids.shape[1])[None, :] < lengths[:, None]
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+    with autocast(precision):
         out = encoder(ids, mask, merge_ratio)
     z = out.last_hidden_state.float()
     if per_base:
@@ -290,7 +291,7 @@ def cmd_embed(args) -> int:
     info = embed_file(load_encoder(args.model, **overrides), args.input, args.out, per_base=args.per_base,
                       sequence_column=args.sequence_column, id_column=args.id_column, progress=not args.no_progress,
                       rc_average=args.rc_average, chunk_length=args.chunk_length, chunk_overlap=args.chunk_overlap,
-                      batch_size=args.batch_size, precision="bf16" if args.bf16 else "fp32")
+                      batch_size=args.batch_size, precision=args.precision)
     shape = (info["bases"] if args.per_base else info["sequences"], info["dim"])
     print(f"embedded {info['sequences']} sequences ({info['bases']} bases) -> {info['out']} {shape}"
           + (f", ids in {info['ids']}" if info["ids"] else ""))
@@ -309,7 +310,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--chunk-overlap", type=int, help="overlap of windows (default: a quarter of the window)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--merge-ratio", type=float, help="override the model's merge_ratio (L/N)")
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast (default fp32)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="fp32 (default: exact embeddings), bf16 autocast, or auto (bf16 where the CPU has AMX or "
+                        "AVX512-BF16)")
+    p.add_argument("--bf16", dest="precision", action="store_const", const="bf16", help="same as --precision bf16")
     p.add_argument("--sequence-column", help="CSV/TSV sequence column (default: sequence/seq/...)")
     p.add_argument("--id-column", help="CSV/TSV id column (default: name/id/...; else file:line)")
     p.add_argument("--no-progress", action="store_true")

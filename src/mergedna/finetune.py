@@ -19,8 +19,9 @@ Training: full fine-tuning, or LoRA (``lora_rank > 0``, via ``peft``) on the att
 ``proj`` and SwiGLU ``w12``/``w3`` linears of every Local and Latent Encoder block, the encoder
 frozen and the head trained; the adapters are merged into the weights before the test
 evaluation and the save, so the saved checkpoint is a plain one. AdamW (weight decay on matrices
-only), linear warm-up then linear or cosine decay, gradient clipping, bf16 autocast on CPU by
-default (``precision="fp32"`` to switch it off).
+only), linear warm-up then linear or cosine decay, gradient clipping, and ``precision="auto"``: bf16
+autocast where the CPU multiplies bf16 natively, fp32 elsewhere (:mod:`mergedna.precision`; the
+run's ``metrics.json`` records which).
 
 Output directory: ``metrics.json`` (written last and atomically: its presence means the run
 finished), ``model/`` (``save_pretrained``), ``dev_curve.png`` and ``test_predictions.tsv``.
@@ -51,6 +52,7 @@ from .config import PRESETS, preset as preset_config
 from .data.task_batching import LENGTH_POLICIES, average_chunk_logits, make_dataloader
 from .data.tasks import LAYOUTS, LabelledSplit, Task, load_task, make_split
 from .heads import MergeDNAForSequenceClassification
+from .precision import PRECISIONS, autocast, resolve
 from .provenance import run_metadata, write_json_atomic
 from .training.trainer import adamw
 
@@ -82,7 +84,7 @@ class FinetuneSettings:
     patience: int | None = 3
     select_metric: str = "mcc"
     clip: float = 1.0
-    precision: str = "bf16"
+    precision: str = "auto"  # bf16 autocast where native (mergedna.precision), else fp32
     lora_rank: int = 0
     lora_alpha: float | None = None
     lora_dropout: float = 0.05
@@ -95,7 +97,7 @@ class FinetuneSettings:
 
     def __post_init__(self):
         checks = {"schedule": (self.schedule, ("linear", "cosine")),
-                  "precision": (self.precision, ("bf16", "fp32")),
+                  "precision": (self.precision, PRECISIONS),
                   "select_metric": (self.select_metric, METRICS),
                   "length_policy": (self.length_policy, LENGTH_POLICIES)}
         for name, (value, allowed) in checks.items():
@@ -103,6 +105,7 @@ class FinetuneSettings:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         if not 0 < self.dev_fraction < 0.5:
             raise ValueError(f"dev_fraction must be in (0, 0.5), got {self.dev_fraction}")
+        self.precision = resolve(self.precision)  # "auto" -> what runs here, so results record it
 
 
 def classification_metrics(labels: np.ndarray, probs: np.ndarray) -> dict:
@@ -193,12 +196,8 @@ def apply_lora(model: MergeDNAForSequenceClassification, rank: int, alpha: float
     return wrapped
 
 
-def autocast(precision: str):
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
 @torch.no_grad()
-def evaluate(model, loader, split: LabelledSplit, precision: str = "bf16", name: str = "eval",
+def evaluate(model, loader, split: LabelledSplit, precision: str = "auto", name: str = "eval",
              progress: bool = False) -> dict:
     """Metrics of ``model`` on ``split`` (the split ``loader`` was built from, before any length
     policy). Chunk logits are averaged per sequence. Returns :func:`classification_metrics` plus
@@ -405,7 +404,9 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                    help="stop after this many dev evaluations without improvement (0 = never stop early)")
     p.add_argument("--select-metric", choices=METRICS, default=d.select_metric, help="dev metric for selection")
     p.add_argument("--clip", type=float, default=d.clip, help="gradient-norm clip (0 = off)")
-    p.add_argument("--fp32", action="store_true", help="no bf16 autocast")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="bf16 autocast, fp32, or auto: bf16 where the CPU has AMX/AVX512-BF16, else fp32")
+    p.add_argument("--fp32", dest="precision", action="store_const", const="fp32", help="same as --precision fp32")
     p.add_argument("--length-policy", choices=LENGTH_POLICIES, default=d.length_policy,
                    help="sequences longer than the model's max_length: error, truncate (centre) or chunk")
     p.add_argument("--max-length", type=int, help="override the model's max_length")
@@ -419,9 +420,8 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
 
 def settings_from_args(args) -> dict:
     """:class:`FinetuneSettings` keyword arguments from parsed :func:`add_training_arguments` options."""
-    names = {f.name for f in dataclasses.fields(FinetuneSettings)} - {"precision", "patience"}
+    names = {f.name for f in dataclasses.fields(FinetuneSettings)} - {"patience"}
     kwargs = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
-    kwargs["precision"] = "fp32" if args.fp32 else "bf16"
     kwargs["patience"] = args.patience or None
     return kwargs
 

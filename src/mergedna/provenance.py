@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
+from .precision import bf16_is_native
 
 
 def cpu_model() -> str:
@@ -50,6 +51,7 @@ def run_metadata(command: str | None = None) -> dict:
             "machine": {"cpu": cpu_model(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                         "host": platform.node(), "platform": platform.platform(),
                         "python": platform.python_version(), "torch": torch.__version__,
+                        "cpu_bf16_native": bf16_is_native("cpu"),
                         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}}
 
 

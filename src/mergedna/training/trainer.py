@@ -1,7 +1,8 @@
 """The pretraining loop: plain PyTorch, resumable, DDP-ready.
 
 ``pretrain(TrainConfig)`` samples genome windows, runs the objectives of
-:mod:`mergedna.objectives` under bf16 autocast, steps AdamW (β 0.9/0.95) with warm-up and
+:mod:`mergedna.objectives` under bf16 autocast (where the device multiplies bf16 natively, else fp32:
+:mod:`mergedna.precision`), steps AdamW (β 0.9/0.95) with warm-up and
 cosine decay, clips gradients, accumulates, validates on the held-out part, logs every loss
 part to ``metrics.jsonl`` and a PNG, and writes atomic checkpoints. Each step's data and
 randomness are functions of (seed, step, rank), so ``--resume`` after any kill reproduces
@@ -26,6 +27,7 @@ from tqdm.auto import tqdm
 from ..config import MergeDNAConfig, preset
 from ..data.genome import Genome, GenomeSampler
 from ..model import MergeDNAForPretraining
+from ..precision import resolve
 from ..pretrained import atomic_write_dir
 from ..provenance import run_metadata
 from ..objectives import MergeDNAPretrainer, ObjectiveConfig, step_generator
@@ -60,7 +62,7 @@ class TrainConfig:
     weight_decay: float = 1e-8  # paper value
     betas: tuple[float, float] = (0.9, 0.95)
     clip: float = 1.0
-    bf16: bool = True
+    bf16: bool | None = None  # None: bf16 autocast where the device has native bf16 (mergedna.precision)
     compile: bool = False
     activation_checkpointing: bool = False  # recompute block activations in backward: far less memory, ~1/3 more compute
     strategy: str = "ddp"  # or "fsdp" under torchrun
@@ -153,6 +155,7 @@ class _Log:
 def pretrain(cfg: TrainConfig) -> dict:
     """Run pretraining as configured; returns a summary dict (also written to ``summary.json``)."""
     info = D.init_distributed(cfg.device)
+    cfg = dataclasses.replace(cfg, bf16=resolve(cfg.bf16, info.device) == "bf16")  # run_config records what ran
     out = Path(cfg.out)
     obj_cfg = ObjectiveConfig(**cfg.objective)
     if info.is_main:
@@ -199,7 +202,7 @@ def pretrain(cfg: TrainConfig) -> dict:
                                                          "model": model.config.to_dict(), "meta": meta}, indent=2))
     n_params = sum(p.numel() for p in model.parameters())
     bases_per_step = cfg.batch_size * cfg.window * cfg.grad_accum * info.world_size
-    autocast = torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+    autocast = torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=cfg.bf16)  # resolved above
     bar = tqdm(total=cfg.steps, initial=start, disable=not (info.is_main and cfg.progress), unit="step",
                desc=f"pretrain {n_params / 1e6:.1f}M")
     t0, bad, step, stop_reason, final_state = time.time(), 0, start, "steps", None
