@@ -5,7 +5,7 @@
 
 Runs the same workload as ``benchmarks/suite.py`` (three passes, backward, clip, AdamW; or the
 φ + ψ inference forward) under bf16 autocast (fp32 where the CPU lacks native bf16), after ``--warmup`` untimed steps, and profiles
-``--steps`` steps. Prints and writes to ``benchmarks/results/profile_<preset>_<mode>_<N>.md``:
+``--steps`` steps. Prints and writes to ``benchmarks/results/profile_<preset>_<mode>_<N>_<precision>.md``:
 the operators by self CPU time, and the same time summed into classes (matmul, attention,
 elementwise, casts and copies, merge gathers/scatters/sorts, optimiser, other), the shares the
 issue's optimisations are chosen from.
@@ -62,9 +62,12 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--top", type=int, default=30)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--precision", choices=suite.PRECISIONS, default="auto",
+                   help="bf16 autocast, fp32, or auto (default): bf16 where the CPU has AMX/AVX512-BF16")
     p.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    suite.PRECISION = suite.resolve(args.precision)
     ids, _ = base_windows(None, args.length, args.batch)
     workloads, _ = mergedna_workloads(args.preset, ids)
     fn = workloads[f"mergedna_{args.preset}_{args.mode}"]
@@ -93,7 +96,7 @@ def main(argv=None) -> None:
                      f"{e.self_cpu_time_total / total:.1%} | {classify(e.key)} |")
     text = "\n".join(lines) + "\n"
     print(text)
-    out = Path(args.out_dir) / f"profile_{args.preset}_{args.mode}_{args.length}.md"
+    out = Path(args.out_dir) / f"profile_{args.preset}_{args.mode}_{args.length}_{suite.PRECISION}.md"
     write_text_atomic(out, text)
     print(f"wrote {out}")
 

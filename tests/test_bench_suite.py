@@ -124,8 +124,8 @@ def test_before_after_of_two_commits_and_the_profile(tmp_path):
     assert row["before_bp_per_s"] > 0 and row["speedup"] > 0
     assert "| same code | tiny | train |" in (tmp_path / "optimisations.md").read_text()
     prof = [sys.executable, str(REPO / "benchmarks" / "profile_step.py"), "--preset", "tiny", "--length", "256",
-            "--warmup", "1", "--steps", "1", "--threads", "1", "--out-dir", str(tmp_path)]
+            "--warmup", "1", "--steps", "1", "--threads", "1", "--precision", "fp32", "--out-dir", str(tmp_path)]
     res = subprocess.run(prof, capture_output=True, text=True, timeout=600, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
-    table = (tmp_path / "profile_tiny_train_256.md").read_text()
+    table = (tmp_path / "profile_tiny_train_256_fp32.md").read_text()
     assert "| matmul |" in table and "`aten::mm`" in table
