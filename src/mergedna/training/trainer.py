@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from ..config import MergeDNAConfig, preset
 from ..data.genome import Genome, GenomeSampler
 from ..model import MergeDNAForPretraining
-from ..precision import resolve
+from ..precision import autocast, resolve
 from ..pretrained import atomic_write_dir
 from ..provenance import run_metadata
 from ..objectives import MergeDNAPretrainer, ObjectiveConfig, step_generator
@@ -202,7 +202,6 @@ def pretrain(cfg: TrainConfig) -> dict:
                                                          "model": model.config.to_dict(), "meta": meta}, indent=2))
     n_params = sum(p.numel() for p in model.parameters())
     bases_per_step = cfg.batch_size * cfg.window * cfg.grad_accum * info.world_size
-    autocast = torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=cfg.bf16)  # resolved above
     bar = tqdm(total=cfg.steps, initial=start, disable=not (info.is_main and cfg.progress), unit="step",
                desc=f"pretrain {n_params / 1e6:.1f}M")
     t0, bad, step, stop_reason, final_state = time.time(), 0, start, "steps", None
@@ -227,7 +226,7 @@ def pretrain(cfg: TrainConfig) -> dict:
             sync = (contextlib.nullcontext() if micro == cfg.grad_accum - 1 or not hasattr(wrapped, "no_sync")
                     else wrapped.no_sync())
             with sync:
-                with autocast:
+                with autocast(cfg.bf16, info.device):
                     parts = wrapped(ids, step_generator(cfg.seed, index, info.rank))
                 (parts["loss"] / cfg.grad_accum).backward()
             for k, v in parts.items():
@@ -303,7 +302,7 @@ def validate(wrapped, sampler: GenomeSampler, cfg: TrainConfig, info) -> dict:
     ratio = module.cfg.ratio_mean
     sums, n = None, 0
     for i, ids in enumerate(sampler.val_batches(cfg.val_windows, cfg.batch_size)):
-        with torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+        with autocast(cfg.bf16, info.device):
             parts = module(ids.to(info.device), step_generator(cfg.seed, i, rank=10_000 + info.rank), ratio=ratio)
         vec = torch.tensor([float(v) for v in parts.values()]) * ids.shape[0]
         sums = vec if sums is None else sums + vec
