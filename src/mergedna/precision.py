@@ -3,7 +3,8 @@
 bf16 autocast is the default for training and inference, and on a CPU with AMX or AVX512-BF16
 (or a CUDA GPU with bf16) it is several times faster than fp32. On a CPU without either (AVX2-only
 x86, for example) PyTorch falls back to a scalar bf16 GEMM that is *hundreds* of times slower than
-fp32; measured on a 2-core AVX2 EPYC: 0.3 GFLOP/s in bf16 against 137 in fp32. So the default
+fp32; measured on a 2-core AVX2 EPYC: 0.9 GFLOP/s in bf16 against 152 in fp32
+(``benchmarks/results/avx2_bf16_peak/suite.md``). So the default
 precision is ``"auto"``: bf16 where it is native, fp32 otherwise; ``"bf16"`` forces autocast anyway
 (with a warning where it is slow), ``"fp32"`` turns it off.
 """
