@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from mergedna import vocab
+from mergedna import seqio, vocab
+from mergedna.seqio import SequenceFileError
 from mergedna.data import genome as genome_mod
-from mergedna.data.genome import FastaFormatError, Genome, GenomeSampler, holdout_intervals
+from mergedna.data.genome import Genome, GenomeSampler, holdout_intervals
 
 FIXTURE = Path(__file__).parent / "fixtures" / "chr20_slice.fa"
 REC0, REC1 = "20:59001-61000", "20:30000001-30006000"  # 2,000 bases (first 1,000 N) and 6,000 bases
@@ -68,7 +69,7 @@ def test_plain_gzip_and_bgzip_give_identical_ids(tmp_path, chr20):
 def test_records_offsets_names_and_fetch(tmp_path, chr20):
     seqs = fixture_sequences()
     assert [(r.name, r.offset, r.length) for r in chr20.records] == [(REC0, 0, 2000), (REC1, 2000, 6000)]
-    assert chr20.total_length == len(chr20) == 8000
+    assert len(chr20) == 8000
     for name, seq in seqs.items():
         assert np.array_equal(chr20.fetch(name), vocab.encode(seq))
     assert np.array_equal(chr20.fetch(1, 10, 70), vocab.encode(seqs[REC1][10:70]))
@@ -90,7 +91,7 @@ def test_lower_case_iupac_and_u_follow_the_vocabulary(tmp_path):
 
 @pytest.mark.parametrize("chunk", [1, 7, 61, 4096])
 def test_chunk_boundaries_do_not_change_ids_or_error_positions(tmp_path, monkeypatch, chr20, chunk):
-    monkeypatch.setattr(genome_mod, "CHUNK_BYTES", chunk)
+    monkeypatch.setattr(seqio, "CHUNK_BYTES", chunk)
     small = Genome.from_fasta(FIXTURE, cache_dir=tmp_path / "small")
     assert np.array_equal(np.asarray(small.ids), np.asarray(chr20.ids)) and small.records == chr20.records
     assert np.array_equal(small.count_n([0, 900], [8000, 2100]), chr20.count_n([0, 900], [8000, 2100]))
@@ -124,7 +125,7 @@ def test_invalid_character_names_file_record_position_and_line(tmp_path):
 )
 def test_non_fasta_and_empty_files_are_rejected(tmp_path, content, message):
     path = write(tmp_path / "in.fa", content)
-    with pytest.raises(FastaFormatError, match=message) as info:
+    with pytest.raises(SequenceFileError, match=message) as info:
         Genome.from_fasta(path, cache_dir=tmp_path / "cache")
     assert str(path) in str(info.value)
 
@@ -273,5 +274,5 @@ def test_sampler_rejects_impossible_settings(chr20):
         GenomeSampler(chr20, window=7000)
     with pytest.raises(ValueError):
         GenomeSampler(chr20, split="test")
-    with pytest.raises(RuntimeError, match="max_n_fraction"):
+    with pytest.raises(ValueError, match="max-n-fraction"):
         GenomeSampler(chr20, window=1500, max_n_fraction=0.1, val=REC1).batch(0, 4)  # record 0: 1,000 N

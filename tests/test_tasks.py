@@ -22,7 +22,6 @@ from mergedna.data.task_batching import (
 from mergedna.data.tasks import (
     LabelledSplit,
     Task,
-    TaskFormatError,
     load_csv_task,
     load_fasta_task,
     load_genomic_benchmark,
@@ -31,6 +30,7 @@ from mergedna.data.tasks import (
     load_task,
     make_split,
 )
+from mergedna.seqio import SequenceFileError
 from mergedna.vocab import PAD, InvalidSequenceError, decode
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,7 +110,7 @@ def test_generic_tsv_named_columns():
     assert task.name == "junctions" and list(task.splits) == ["all"]
     assert split.names == [r["record"] for r in rows] and seqs(split) == [r["dna"] for r in rows]
     assert [task.label_names[k] for k in split.labels] == [r["junction"] for r in rows]
-    with pytest.raises(TaskFormatError, match=r"junctions\.tsv, line 1: no label column"):
+    with pytest.raises(SequenceFileError, match=r"junctions\.tsv, line 1: no label column"):
         load_csv_task(path)
 
 
@@ -146,7 +146,7 @@ def test_unseen_label_is_an_error(tmp_path):
     train = "".join(f"{r['sequence']},{r['label']}\n" for r in rows[:5])
     (tmp_path / "train.csv").write_text("sequence,label\n" + train)
     (tmp_path / "test.csv").write_text(f"sequence,label\n{rows[0]['sequence']},n\n{rows[1]['sequence']},weird\n")
-    with pytest.raises(TaskFormatError, match=r"test\.csv, line 3: label 'weird' of split 'test'"):
+    with pytest.raises(SequenceFileError, match=r"test\.csv, line 3: label 'weird' of split 'test'"):
         load_gue_task(tmp_path)
 
 
@@ -163,7 +163,7 @@ def test_unseen_label_is_an_error(tmp_path):
 def test_malformed_row_names_file_and_line(tmp_path, text, line, message):
     path = tmp_path / "broken.csv"
     path.write_text(text.format(s=read_rows(SPLICE)[0]["sequence"]))
-    with pytest.raises((TaskFormatError, InvalidSequenceError), match=message) as err:
+    with pytest.raises((SequenceFileError, InvalidSequenceError), match=message) as err:
         load_csv_task(path)
     assert str(path) in str(err.value) and f"line {line}" in str(err.value)
 
@@ -171,7 +171,7 @@ def test_malformed_row_names_file_and_line(tmp_path, text, line, message):
 def test_fasta_header_without_label(tmp_path):
     path = tmp_path / "x.fa"
     path.write_text(">a label=n\nACGT\n>b no_label_here\nACGT\n")
-    with pytest.raises(TaskFormatError, match=r"x\.fa, line 3: no label in header"):
+    with pytest.raises(SequenceFileError, match=r"x\.fa, line 3: no label in header"):
         load_fasta_task(path)
 
 

@@ -10,11 +10,21 @@ paper's 51M / 253M / 51M / 25M.
 from __future__ import annotations
 
 import dataclasses
-import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 MERGE_SCOPES = ("sequence", "window")
 TOKENIZERS = ("learned", "none", "fixed")
+
+
+def _type_ok(value, default) -> bool:
+    """``value`` has the type of the field's ``default`` (an int where a float is expected is fine)."""
+    if default is None:  # label_names: a list or None
+        return value is None or isinstance(value, list)
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, type(default)) and not (isinstance(value, bool) and not isinstance(default, bool))
 
 
 @dataclass
@@ -43,7 +53,6 @@ class MergeDNAConfig:
     num_labels: int = 2  # classification heads
     classifier_dropout: float = 0.1
     label_names: list | None = None  # optional names of the classes, index = label id
-    extra: dict = field(default_factory=dict)  # free-form metadata kept in config.json
 
     def __post_init__(self):
         if self.hidden_size % self.num_heads:
@@ -69,13 +78,13 @@ class MergeDNAConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "MergeDNAConfig":
         names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names - {"model_type", "architectures", "mergedna_version"})
+        unknown = sorted(set(d) - names - {"model_type", "architectures", "mergedna_version", "extra"})
         if unknown:
             raise ValueError(f"unknown config keys: {unknown}")
+        for f in dataclasses.fields(cls):
+            if f.name in d and not _type_ok(d[f.name], f.default):
+                raise ValueError(f"{f.name} must be {type(f.default).__name__}, got {d[f.name]!r}")
         return cls(**{k: v for k, v in d.items() if k in names})
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     def replace(self, **changes) -> "MergeDNAConfig":
         return dataclasses.replace(self, **changes)

@@ -28,45 +28,30 @@ place at the end, so an error never leaves a half-written output.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import itertools
-import json
 import os
-import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .data.task_formats import (FASTA_SUFFIXES, NAME_COLUMNS, SEQUENCE_COLUMNS, TABLE_SUFFIXES, _column,
-                                _open_text, _sniff_delimiter, format_suffix)
-from .data.fasta import iter_fasta
+from .data.task_formats import NAME_COLUMNS, SEQUENCE_COLUMNS, _column, _sniff_delimiter
 from .heads import pool_bases
 from .merging import unmerge
 from .model import MergeDNAModel
 from .precision import PRECISIONS, autocast
-from .pretrained import CONFIG_NAME, MergeDNAPreTrainedModel
-from .vocab import PAD, encode, reverse_complement
-
-
-class _EncoderCheckpoint(MergeDNAPreTrainedModel):
-    """Holds only ``mergedna.*`` weights: loads the encoder out of any pretraining or head checkpoint."""
-
-    def __init__(self, config):
-        super().__init__(config)
-        self.mergedna = MergeDNAModel(config)
+from .seqio import SequenceFileError, atomic_path, chunk_starts, iter_fasta, open_text, pad_batch, read_errors
+from .vocab import encode, reverse_complement
 
 
 def load_encoder(directory: str | os.PathLike, **config_overrides) -> MergeDNAModel:
-    """The encoder (φ + ψ) of any mergedna checkpoint directory, in eval mode."""
-    cfg = json.loads((Path(directory) / CONFIG_NAME).read_text()) if (Path(directory) / CONFIG_NAME).is_file() else {}
-    if cfg.get("architectures") == ["MergeDNAModel"]:
-        encoder = MergeDNAModel.from_pretrained(directory, **config_overrides)
-    else:
-        encoder = _EncoderCheckpoint.from_pretrained(directory, **config_overrides).mergedna
-    return encoder.eval()
+    """The encoder (φ + ψ) of any mergedna checkpoint directory, in eval mode
+    (:meth:`MergeDNAModel.from_pretrained`, which takes the encoder out of any checkpoint)."""
+    return MergeDNAModel.from_pretrained(directory, **config_overrides).eval()
 
 
 def as_encoder(model) -> MergeDNAModel:
@@ -77,23 +62,11 @@ def as_encoder(model) -> MergeDNAModel:
     return model if isinstance(model, MergeDNAModel) else model.mergedna
 
 
-def chunk_starts(length: int, chunk_length: int, overlap: int) -> np.ndarray:
-    """Start of each window of ``chunk_length`` bases (stride ``chunk_length - overlap``, the last
-    aligned to the end), as the ``chunk`` policy of task_batching computes them."""
-    excess = max(length - chunk_length, 0)
-    stride = chunk_length - overlap
-    return np.minimum(np.arange(1 + -(-excess // stride)) * stride, excess)
-
-
 @torch.no_grad()
 def _run(encoder: MergeDNAModel, pieces: list[np.ndarray], per_base: bool, precision: str,
          merge_ratio) -> list[np.ndarray]:
     """Embed id arrays ``pieces`` (each at most the batch) in one forward pass."""
-    lengths = torch.tensor([len(p) for p in pieces])
-    ids = torch.full((len(pieces), int(lengths.max())), PAD, dtype=torch.long)  # (B, N)
-    for b, piece in enumerate(pieces):
-        ids[b, : len(piece)] = torch.from_numpy(piece.astype(np.int64))
-    mask = torch.arange(ids.shape[1])[None, :] < lengths[:, None]
+    ids, mask = pad_batch(pieces)  # (B, N) each
     with autocast(precision):
         out = encoder(ids, mask, merge_ratio)
     z = out.last_hidden_state.float()
@@ -106,7 +79,8 @@ def _run(encoder: MergeDNAModel, pieces: list[np.ndarray], per_base: bool, preci
 def iter_embeddings(model, records: Iterable[tuple[str, np.ndarray]], per_base: bool = False,
                     rc_average: bool = False, chunk_length: int | None = None, chunk_overlap: int | None = None,
                     batch_size: int = 32, precision: str = "fp32", merge_ratio: float | None = None,
-                    block_bases: int | None = None) -> Iterator[tuple[str, np.ndarray]]:
+                    block_bases: int | None = None, progress: Callable[[int], None] | None = None
+                    ) -> Iterator[tuple[str, np.ndarray]]:
     """Yield ``(name, embedding)`` for ``(name, ids)`` records, in input order; pooled ``(D,)`` or
     per-base ``(length, D)`` float32 (module docstring for chunks and ``rc_average``).
 
@@ -114,7 +88,8 @@ def iter_embeddings(model, records: Iterable[tuple[str, np.ndarray]], per_base: 
     pooled; per base, as many bases as keep the block's float32 vectors near 256 MB, and always
     at least one whole record, so a per-base record needs length × D × 4 bytes); inside a block
     the chunks are sorted by length so batches pad little. The model's outputs do not depend on
-    batch composition, so results do not depend on ``batch_size``.
+    batch composition, so results do not depend on ``batch_size``. ``progress(n)`` is called after
+    every batch with the bases it covered (so a long record shows progress inside it).
     """
     encoder = as_encoder(model)
     encoder.eval()
@@ -139,6 +114,8 @@ def iter_embeddings(model, records: Iterable[tuple[str, np.ndarray]], per_base: 
         pieces = [(r, int(s), rc) for r, (_, ids) in enumerate(block)
                   for s in chunk_starts(len(ids), chunk_length, overlap) for rc in strands]
         pieces.sort(key=lambda p: -min(chunk_length, len(block[p[0]][1])))
+        counts = np.bincount([r for r, _, _ in pieces], minlength=len(block))
+        share = [len(ids) / c for (_, ids), c in zip(block, counts)]
         dtype = np.float32 if per_base else np.float64  # per base: memory; pooled: a few sums
         acc = [np.zeros((len(ids), dim) if per_base else dim, dtype) for _, ids in block]
         sums = [np.zeros((len(ids), 1) if per_base else 1, dtype) for _, ids in block]
@@ -156,6 +133,8 @@ def iter_embeddings(model, records: Iterable[tuple[str, np.ndarray]], per_base: 
                 else:  # weight = bases in the chunk
                     acc[r] += n * vec
                     sums[r] += n
+            if progress is not None:  # each chunk stands for an equal share of its record's bases
+                progress(sum(share[r] for r, _, _ in batch))
         for (name, _), total, weight in zip(block, acc, sums):
             yield name, (total / weight).astype(np.float32)
 
@@ -178,34 +157,34 @@ def read_sequences(path: str | os.PathLike, sequence_column: str | int | None = 
                    id_column: str | int | None = None) -> Iterator[tuple[str, np.ndarray]]:
     """Stream ``(id, ids)`` records from FASTA (id = header up to the first blank) or CSV/TSV
     (sequence column by name or index, else the usual names; id column likewise, else
-    ``<file>:<line>``). Bad characters raise an error naming file, record and position."""
+    ``<file>:<line>``), told apart by content (a FASTA file starts with ``>``), gzip or not.
+    Every error (bad character, unreadable or empty file) names file, record and position."""
     path = Path(path)
-    fmt = format_suffix(path)
-    with _open_text(path) as fh:
-        if fmt in FASTA_SUFFIXES:
-            yield from iter_fasta(path, fh)
-        elif fmt in TABLE_SUFFIXES:
+    with open_text(path, newline="") as fh, read_errors(path):
+        first = fh.readline()
+        while first and not first.strip():
             first = fh.readline()
-            reader = csv.reader(itertools.chain([first], fh), delimiter=_sniff_delimiter(first, path))
-            head = next(reader)
-            seq_i = _column(head, sequence_column, SEQUENCE_COLUMNS, "sequence", path)
-            id_i = _column(head, id_column, NAME_COLUMNS, "id", path, required=False)
-            for row in reader:
-                if not any(f.strip() for f in row):
-                    continue
-                name = row[id_i].strip() if id_i is not None else f"{path.name}:{reader.line_num}"
-                if len(row) <= seq_i or not row[seq_i].strip():
-                    raise ValueError(f"{path}, line {reader.line_num}: no sequence")
-                yield name, encode(row[seq_i].strip(), record=f"{name} (line {reader.line_num})", file=str(path))
-        else:
-            raise ValueError(f"{path}: unknown input format {fmt!r}; expected FASTA {FASTA_SUFFIXES} "
-                             f"or table {TABLE_SUFFIXES} (optionally .gz)")
-
-
-def _temp_beside(path: Path, suffix: str) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
+        if first.startswith(">"):
+            fh.close()
+            yield from iter_fasta(path)
+            return
+        if not first:
+            raise SequenceFileError("empty input: no FASTA record and no table header", file=path)
+        reader = csv.reader(itertools.chain([first], fh), delimiter=_sniff_delimiter(first, path))
+        head = next(reader)
+        seq_i = _column(head, sequence_column, SEQUENCE_COLUMNS, "sequence", path)
+        id_i = _column(head, id_column, NAME_COLUMNS, "id", path, required=False)
+        rows = 0
+        for row in reader:
+            if not any(f.strip() for f in row):
+                continue
+            name = row[id_i].strip() if id_i is not None else f"{path.name}:{reader.line_num}"
+            if len(row) <= seq_i or not row[seq_i].strip():
+                raise SequenceFileError("no sequence", file=path, line=reader.line_num)
+            rows += 1
+            yield name, encode(row[seq_i].strip(), record=f"{name} (line {reader.line_num})", file=str(path))
+        if not rows:
+            raise SequenceFileError("a header but no rows", file=path)
 
 
 def embed_file(model, input_path: str | os.PathLike, out_path: str | os.PathLike, per_base: bool = False,
@@ -219,19 +198,20 @@ def embed_file(model, input_path: str | os.PathLike, out_path: str | os.PathLike
     encoder = as_encoder(model)
     lengths = [len(ids) for _, ids in read_sequences(input_path, sequence_column, id_column)]  # validate + count
     n, total, dim = len(lengths), int(sum(lengths)), encoder.config.hidden_size
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     ids_path = out_path.with_suffix(".ids.tsv") if kind == ".npy" else None
-    temps = [_temp_beside(out_path, kind)] + ([_temp_beside(ids_path, ".tsv")] if ids_path else [])
-    stream = iter_embeddings(encoder, read_sequences(input_path, sequence_column, id_column), per_base, **kwargs)
-    bar = tqdm(stream, total=n, unit="seq", desc="embed", disable=not progress)
-    try:
+    bar = tqdm(total=total, unit="bp", unit_scale=True, desc="embed", disable=not progress)
+    stream = iter_embeddings(encoder, read_sequences(input_path, sequence_column, id_column), per_base,
+                             progress=bar.update, **kwargs)
+    with atomic_path(out_path) as tmp, contextlib.ExitStack() as stack:
         if kind == ".npy":
-            array = np.lib.format.open_memmap(temps[0], mode="w+", dtype=np.float32,
-                                              shape=(total if per_base else n, dim))
+            side_tmp = stack.enter_context(atomic_path(ids_path))  # renamed before the array
+            shape = (total if per_base else n, dim)
+            _reserve(tmp, 128 + 4 * shape[0] * shape[1])  # ENOSPC now, not SIGBUS in the memmap later
+            array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
             offset = 0
-            with open(temps[1], "w") as side:
+            with open(side_tmp, "w") as side:
                 side.write("index\tid\tlength\toffset\n")
-                for i, (name, vec) in enumerate(bar):
+                for i, (name, vec) in enumerate(stream):
                     if per_base:
                         array[offset : offset + len(vec)] = vec
                     else:
@@ -241,16 +221,21 @@ def embed_file(model, input_path: str | os.PathLike, out_path: str | os.PathLike
             array.flush()
             del array
         else:
-            _write_parquet(temps[0], bar, lengths, dim, per_base)
-        if ids_path is not None:
-            os.replace(temps[1], ids_path)
-        os.replace(temps[0], out_path)
-    except BaseException:
-        for tmp in temps:
-            tmp.unlink(missing_ok=True)
-        raise
+            _write_parquet(tmp, stream, lengths, dim, per_base)
+    bar.close()
     return {"sequences": n, "bases": total, "dim": dim, "out": str(out_path),
             "ids": str(ids_path) if ids_path else None}
+
+
+def _reserve(path: Path, size: int) -> None:
+    """Allocate ``size`` bytes for ``path`` on disk (where the filesystem can), so that a full disk
+    fails here with ENOSPC instead of killing a memory-mapped write with SIGBUS."""
+    with open(path, "wb") as fh:
+        try:
+            os.posix_fallocate(fh.fileno(), 0, size)
+        except OSError as err:
+            if err.errno not in (95, 22):  # EOPNOTSUPP/EINVAL: the filesystem cannot preallocate
+                raise
 
 
 def _write_parquet(path: Path, stream, lengths: list[int], dim: int, per_base: bool, rows_per_group: int = 4096):

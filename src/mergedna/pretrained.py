@@ -12,40 +12,36 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from . import __version__
 from .config import MergeDNAConfig
+from .seqio import SequenceFileError, atomic_write_dir
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+ENCODER_PREFIX = "mergedna."  # every model class keeps the shared encoder (φ + ψ) under this name
+_OUTSIDE = "\0"  # marks a checkpoint's non-encoder tensors when loading a bare encoder
 log = logging.getLogger(__name__)
 
 
-def atomic_write_dir(target: str | os.PathLike, write_fn) -> Path:
-    """Call ``write_fn(tmp_dir)`` then move ``tmp_dir`` onto ``target`` (replacing an existing one)."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        write_fn(tmp)
-        old = None
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
+def _groups(keys) -> str:
+    """``a.b.*`` groups of tensor names, for one-line reports."""
+    groups: dict[str, int] = {}
+    for k in keys:
+        parts = k.split(".")
+        groups[".".join(parts[:2]) + ".*" if len(parts) > 2 else k] = groups.get(k, 0) + 1
+    return ", ".join(sorted(groups))
+
+
+def _listing(keys, limit: int = 12) -> str:
+    keys = sorted(keys)
+    return ", ".join(keys[:limit]) + (f" ... ({len(keys)} in all)" if len(keys) > limit else "")
 
 
 class MergeDNAPreTrainedModel(nn.Module):
@@ -91,35 +87,88 @@ class MergeDNAPreTrainedModel(nn.Module):
         return atomic_write_dir(directory, self.write_files)
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu",
-                        **config_overrides):
-        """Build ``cls`` from a checkpoint directory. ``config_overrides`` change config fields
-        (e.g. ``num_labels`` for a new head). Weights the class has but the checkpoint lacks are
-        freshly initialised and logged; checkpoint weights the class does not use are ignored."""
+    def from_pretrained(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu", *,
+                        strict: bool = False, fresh: tuple[str, ...] = (), **config_overrides):
+        """Build ``cls`` from a checkpoint directory; ``config_overrides`` change config fields
+        (e.g. ``num_labels`` for a new head).
+
+        Loading is strict about the shared encoder (``mergedna.*``, φ + ψ): a missing,
+        unexpected or mis-shaped encoder tensor is an error listing them (e.g. a config override
+        that adds layers). Outside the encoder, a checkpoint of another class may lack parts
+        ``cls`` has (they are initialised new) or hold parts it lacks (they are dropped): a
+        classifier from a pretraining checkpoint drops the decoders and gets a new head; a bare
+        :class:`~mergedna.model.MergeDNAModel` takes the encoder of any checkpoint. ``strict``
+        forbids both (every tensor must come from the checkpoint and be used); names starting
+        with a ``fresh`` prefix are always initialised new (a new head on a fine-tuned model).
+        What was loaded, dropped and added is logged in one line and kept in ``load_report``.
+        """
         directory = Path(directory)
-        cfg_path, w_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
-        for path in (cfg_path, w_path):
-            if not path.is_file():
-                raise FileNotFoundError(f"{path} not found: is {directory} a mergedna checkpoint "
-                                        f"(made by save_pretrained)?")
-        try:
-            cfg = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{cfg_path}: not valid JSON ({err})") from None
-        if cfg.get("model_type", "mergedna") != "mergedna":
-            raise ValueError(f"{cfg_path}: model_type is {cfg.get('model_type')!r}, expected 'mergedna'")
-        config = MergeDNAConfig.from_dict(cfg).replace(**config_overrides)
+        config = load_config(directory).replace(**config_overrides)
         model = cls(config)
-        state = load_file(str(w_path), device=str(map_location))
+        w_path = directory / WEIGHTS_NAME
+        try:
+            state = load_file(str(w_path), device=str(map_location))
+        except (SafetensorError, OSError, RuntimeError) as err:
+            raise SequenceFileError(f"cannot read the weights ({err}); the file is damaged or truncated",
+                                    file=w_path) from None
         own = model.state_dict()
-        usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-        mismatched = sorted(k for k in state if k in own and own[k].shape != state[k].shape)
-        if not usable:
-            raise ValueError(f"{w_path}: no weight matches {cls.__name__}; is it a mergedna checkpoint?")
-        missing = sorted(set(own) - set(usable))
-        model.load_state_dict(usable, strict=False)
-        if missing:
-            log.info("%s: newly initialised (not in checkpoint): %s", cls.__name__, ", ".join(missing))
-        if mismatched:
-            log.warning("%s: shape mismatch, newly initialised: %s", cls.__name__, ", ".join(mismatched))
+        wraps = any(k.startswith(ENCODER_PREFIX) for k in own)  # a head or pretraining model around φ + ψ
+        if not wraps and any(k.startswith(ENCODER_PREFIX) for k in state):  # bare encoder from a wrapped checkpoint
+            state = {k[len(ENCODER_PREFIX):] if k.startswith(ENCODER_PREFIX) else _OUTSIDE + k: v
+                     for k, v in state.items()}
+        elif wraps and not any(k.startswith(ENCODER_PREFIX) for k in state):  # a bare-encoder checkpoint
+            state = {ENCODER_PREFIX + k: v for k, v in state.items()}
+
+        def in_encoder(k: str) -> bool:
+            return k.startswith(ENCODER_PREFIX) if wraps else not k.startswith(_OUTSIDE)
+
+        new = {k for k in own if k.startswith(fresh)}
+        missing = {k for k in own if k not in state and k not in new}
+        unexpected = {k for k in state if k not in own and not k.startswith(fresh)}
+        shaped = {k for k in own if k in state and k not in new and own[k].shape != state[k].shape}
+        bad_missing = missing if strict else {k for k in missing if in_encoder(k)}
+        bad_unexpected = unexpected if strict else {k for k in unexpected if in_encoder(k)}
+        errors = []
+        if bad_missing:
+            errors.append(f"missing from the checkpoint: {_listing(bad_missing)}")
+        if bad_unexpected:
+            errors.append(f"in the checkpoint but not in {cls.__name__}: "
+                          f"{_listing(k.removeprefix(_OUTSIDE) for k in bad_unexpected)}")
+        if shaped:
+            errors.append("shape differs: " + _listing(f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+                                                       for k in shaped))
+        if errors:
+            raise SequenceFileError(f"does not match the {cls.__name__} that its config.json (with overrides) "
+                                    "builds: " + "; ".join(errors), file=w_path)
+        loaded = {k: state[k] for k in own if k in state and k not in new}
+        model.load_state_dict(loaded, strict=False)
+        dropped = sorted(k.removeprefix(_OUTSIDE) for k in unexpected) + sorted(k for k in state if k.startswith(fresh))
+        added = sorted(missing | new)
+        model.load_report = (f"loaded {len(loaded)} tensors of {directory} into {cls.__name__}"
+                             + (f"; dropped {_groups(dropped)}" if dropped else "")
+                             + (f"; new (randomly initialised) {_groups(added)}" if added else ""))
+        log.info("%s", model.load_report)
         return model
+
+
+def load_config(directory: str | os.PathLike) -> MergeDNAConfig:
+    """The :class:`MergeDNAConfig` of a checkpoint directory; a clear error naming the file when it
+    is missing, not JSON or holds a wrong key or a wrong-typed value."""
+    directory = Path(directory)
+    cfg_path, w_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
+    for path in (cfg_path, w_path):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: is {directory} a mergedna checkpoint "
+                                    f"(made by save_pretrained or pretrain's model/)?")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise SequenceFileError(f"not valid JSON ({err})", file=cfg_path) from None
+    if not isinstance(cfg, dict):
+        raise SequenceFileError("not a JSON object", file=cfg_path)
+    if cfg.get("model_type", "mergedna") != "mergedna":
+        raise SequenceFileError(f"model_type is {cfg.get('model_type')!r}, expected 'mergedna'", file=cfg_path)
+    try:
+        return MergeDNAConfig.from_dict(cfg)
+    except (TypeError, ValueError) as err:
+        raise SequenceFileError(str(err), file=cfg_path) from None

@@ -10,13 +10,13 @@ import platform
 import shlex
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 
 from . import __version__
 from .precision import bf16_is_native
+from .seqio import write_json_atomic, write_text_atomic  # noqa: F401  (kept importable from here)
 
 
 def cpu_model() -> str:
@@ -53,22 +53,3 @@ def run_metadata(command: str | None = None) -> dict:
                         "python": platform.python_version(), "torch": torch.__version__,
                         "cpu_bf16_native": bf16_is_native("cpu"),
                         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}}
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary sibling and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json_atomic(path: str | os.PathLike, obj) -> None:
-    """Write ``obj`` as JSON to ``path`` atomically (see :func:`write_text_atomic`)."""
-    write_text_atomic(path, json.dumps(obj, indent=2))

@@ -22,9 +22,6 @@ exons) each count it. Tokens whose midpoint is in no region are ``other``.
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,12 +29,14 @@ import numpy as np
 import torch
 
 from .config import PRESETS, preset as preset_config
-from .data.fasta import iter_fasta
+from tqdm.auto import tqdm
+
 from .embed import load_encoder
 from .model import MergeDNAModel, prepare_inputs
-from .vocab import PAD, decode
+from .seqio import (SequenceFileError, atomic_path, iter_fasta, open_text, pad_batch, parse_region, read_errors, union_intervals,
+                    write_json_atomic)
+from .vocab import decode
 
-_REGION = re.compile(r"^(?P<name>.+?)(?::(?P<start>[\d,]+)-(?P<end>[\d,]+))?$")
 OTHER = "other"
 
 
@@ -59,22 +58,24 @@ class Segmentation:
 
 @torch.no_grad()
 def segment_ids(encoder: MergeDNAModel, ids: np.ndarray, window: int | None = None,
-                merge_ratio: float | None = None, batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
+                merge_ratio: float | None = None, batch_size: int = 8,
+                progress=None) -> tuple[np.ndarray, np.ndarray]:
     """Token ``(starts, ends)`` of id array ``ids`` (coordinates in ``ids``), tokenized in
-    non-overlapping windows of ``window`` bases (default the model's ``max_length``)."""
+    non-overlapping windows of ``window`` bases (default the model's ``max_length``).
+    ``progress(n)`` is called with the bases of every batch done."""
     window = window or encoder.config.max_length
     bounds = [(s, min(s + window, len(ids))) for s in range(0, len(ids), window)]
     starts = []
     for k in range(0, len(bounds), batch_size):
         part = bounds[k : k + batch_size]
-        batch = torch.full((len(part), max(e - s for s, e in part)), PAD, dtype=torch.long)  # (B, N)
-        for b, (s, e) in enumerate(part):
-            batch[b, : e - s] = torch.from_numpy(ids[s:e].astype(np.int64))
-        base_mask = prepare_inputs(batch, batch != PAD)
+        batch, mask = pad_batch([ids[s:e] for s, e in part])  # (B, N) each
+        base_mask = prepare_inputs(batch, mask)
         assign = encoder.local_encoder(batch, base_mask, merge_ratio).assign.numpy()  # (B, N)
         for b, (s, e) in enumerate(part):
             a = assign[b, : e - s]
             starts.append(s + np.flatnonzero(np.r_[True, a[1:] != a[:-1]]))  # a token starts where assign changes
+        if progress is not None:
+            progress(sum(e - s for s, e in part))
     starts = np.concatenate(starts) if starts else np.zeros(0, np.int64)
     return starts, np.r_[starts[1:], len(ids)].astype(np.int64)
 
@@ -88,26 +89,12 @@ def format_tokens(seg: Segmentation, limit: int | None = None, width: int = 80) 
     return [joined[i : i + width] for i in range(0, len(joined), width)]
 
 
-def parse_region(text: str) -> tuple[str, int | None, int | None]:
-    """``rec``, ``rec:start-end`` (1-based inclusive) -> (rec, 0-based start, end) or (rec, None, None)."""
-    m = _REGION.match(text)
-    if m is None or not m.group("name"):
-        raise ValueError(f"bad region {text!r}; expected RECORD or RECORD:START-END (1-based, inclusive)")
-    if m.group("start") is None:
-        return m.group("name"), None, None
-    start, end = int(m.group("start").replace(",", "")), int(m.group("end").replace(",", ""))
-    if not 1 <= start <= end:
-        raise ValueError(f"bad region {text!r}: need 1 <= start <= end")
-    return m.group("name"), start - 1, end
-
-
 def read_annotation(path: str | Path, fmt: str, type_column: int = 4) -> list[tuple[str, int, int, str]]:
     """``(chrom, start, end, type)`` intervals, 0-based half-open, from a BED (type from 1-based
     column ``type_column``; ``region`` when the line has fewer columns) or GFF3 (type = column 3)."""
     path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
     out = []
-    with opener(path, "rt") as fh:
+    with open_text(path) as fh, read_errors(path):
         for number, line in enumerate(fh, 1):
             if line.startswith("##FASTA"):
                 break
@@ -121,9 +108,10 @@ def read_annotation(path: str | Path, fmt: str, type_column: int = 4) -> list[tu
                 else:
                     out.append((f[0], int(f[3]) - 1, int(f[4]), f[2]))
             except (IndexError, ValueError):
-                raise ValueError(f"{path}, line {number}: not a {fmt.upper()} line: {line.strip()[:80]!r}") from None
+                raise SequenceFileError(f"not a {fmt.upper()} line: {line.strip()[:80]!r}", file=path,
+                                        line=number) from None
             if out[-1][2] < out[-1][1]:
-                raise ValueError(f"{path}, line {number}: end before start")
+                raise SequenceFileError("end before start", file=path, line=number)
     return out
 
 
@@ -133,13 +121,13 @@ def _norm(name: str) -> str:
 
 def record_regions(annotation, record: str, length: int) -> list[tuple[int, int, str]]:
     """The annotation's intervals on ``record`` in record coordinates, clipped to ``[0, length)``."""
-    m = re.match(r"^(.+):(\d+)-(\d+)$", record)
+    sliced, slice_start, _ = parse_region(record)  # a record named like a region: a slice of `sliced`
     out = []
     for chrom, start, end, kind in annotation:
         if _norm(chrom) == _norm(record):
             shift = 0
-        elif m and _norm(chrom) == _norm(m.group(1)):
-            shift = int(m.group(2)) - 1
+        elif slice_start is not None and _norm(chrom) == _norm(sliced):
+            shift = slice_start
         else:
             continue
         s, e = max(start - shift, 0), min(end - shift, length)
@@ -149,14 +137,8 @@ def record_regions(annotation, record: str, length: int) -> list[tuple[int, int,
 
 
 def _union(intervals) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted disjoint (starts, ends) covering ``intervals``."""
-    merged = []
-    for s, e in sorted(intervals):
-        if merged and s <= merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], e)
-        else:
-            merged.append([s, e])
-    arr = np.asarray(merged, dtype=np.int64).reshape(-1, 2)
+    """Sorted disjoint (starts, ends) arrays covering ``intervals``."""
+    arr = np.asarray(union_intervals(intervals), dtype=np.int64).reshape(-1, 2)
     return arr[:, 0], arr[:, 1]
 
 
@@ -235,18 +217,21 @@ def plot_segmentation(segs: list[Segmentation], regions_per_seg, path: str | Pat
     if len(segs) > max_panels:
         fig.suptitle(f"first {max_panels} of {len(segs)} records", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
 
 
 def segment_fasta(encoder: MergeDNAModel, fasta, regions: list[str] | None = None, merge_ratio=None,
-                  batch_size: int = 8) -> list[Segmentation]:
+                  batch_size: int = 8, progress: bool = False) -> list[Segmentation]:
     """Segment every record of ``fasta``, or only ``regions`` (``rec`` or ``rec:start-end``, 1-based
     inclusive), in file order. A region text that is itself a record's name (``20:59001-61000`` in
-    a sliced FASTA) means that whole record, as in samtools."""
+    a sliced FASTA) means that whole record, as in samtools. ``progress`` shows a bar in bases."""
     parsed = {text: parse_region(text) for text in regions or []}
-    out, done = [], set()
+    out, done, names = [], set(), []
+    bar = tqdm(unit="bp", unit_scale=True, desc="segment", disable=not progress)
     for name, ids in iter_fasta(fasta):
+        names.append(name)
         spans = [(0, len(ids), name)] if not regions else []
         for text, (rec, s, e) in parsed.items():
             if text not in done and (text == name or rec == name):
@@ -254,12 +239,16 @@ def segment_fasta(encoder: MergeDNAModel, fasta, regions: list[str] | None = Non
                 done.add(text)
         for s, e, text in spans:
             if e > len(ids):
-                raise ValueError(f"region {text!r} ends after record {name!r} ({len(ids)} bases)")
-            starts, ends = segment_ids(encoder, ids[s:e], merge_ratio=merge_ratio, batch_size=batch_size)
+                raise ValueError(f"--region {text!r} ends after record {name!r} ({len(ids)} bases)")
+            starts, ends = segment_ids(encoder, ids[s:e], merge_ratio=merge_ratio, batch_size=batch_size,
+                                       progress=bar.update)
             out.append(Segmentation(name, s, ids[s:e], starts + s, ends + s))
+    bar.close()
     missing = [text for text in parsed if text not in done]
     if missing:
-        raise ValueError(f"regions whose record is not in {fasta}: {missing}")
+        more = f" ... ({len(names)} in all)" if len(names) > 20 else ""
+        raise ValueError(f"--region {', '.join(missing)}: no such record in {fasta}; the records are "
+                         f"{', '.join(names[:20])}{more}")
     return out
 
 
@@ -272,7 +261,7 @@ def cmd_segment(args) -> int:
         encoder = MergeDNAModel(preset_config(args.preset, **overrides)).eval()
         print(f"note: preset {args.preset!r} with random weights (seed {args.seed}): "
               "the boundaries reflect no training")
-    segs = segment_fasta(encoder, args.fasta, args.region, batch_size=args.batch_size)
+    segs = segment_fasta(encoder, args.fasta, args.region, batch_size=args.batch_size, progress=True)
     annotation = None
     if args.bed or args.gff:
         annotation = read_annotation(args.bed or args.gff, "bed" if args.bed else "gff", args.bed_type_column)
@@ -288,7 +277,7 @@ def cmd_segment(args) -> int:
         print("\n".join(lines))
         if not args.all and len(seg.ids) > args.show:
             print(f"... (first {args.show} bases; --all prints everything)")
-    with open(out / "tokens.tsv", "w") as fh:
+    with atomic_path(out / "tokens.tsv") as tmp, open(tmp, "w") as fh:
         fh.write("record\tstart\tend\tlength" + ("\tregion_type\n" if annotation else "\n"))
         for seg, regs in zip(segs, regions):
             kinds = token_region_types(seg, regs) if annotation else None
@@ -305,11 +294,11 @@ def cmd_segment(args) -> int:
             median = f"{st['median_token_length']:.1f}" if st["tokens"] else "-"
             print(f"{kind:<20s}{st['regions'] if st['regions'] is not None else '-':>9}{st['bases']:>10d}"
                   f"{st['tokens']:>9d}{mean:>10s}{median:>12s}")
-        (out / "region_stats.json").write_text(json.dumps(
+        write_json_atomic(out / "region_stats.json",
             {"annotation": str(args.bed or args.gff), "format": "bed" if args.bed else "gff",
              "token_assignment": "midpoint base (start + end - 1) // 2", "merge_ratio": cfg.merge_ratio,
              "window": cfg.max_length, "records": [f"{s.record}:{s.offset + 1}-{s.offset + len(s.ids)}" for s in segs],
-             "types": stats}, indent=2))
+             "types": stats})
         written.append("region_stats.json")
     print(f"wrote {', '.join(str(out / w) for w in written)}")
     return 0

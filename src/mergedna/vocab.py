@@ -13,6 +13,8 @@ table applied to the raw bytes (no per-character Python loop):
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 
@@ -35,15 +37,30 @@ def _build_lut() -> np.ndarray:
 LUT = _build_lut()
 
 
-class InvalidSequenceError(ValueError):
+class SequenceFileError(ValueError):
+    """Bad input: the message starts with where, ``<file>, record '<name>', line <n>: ``, from
+    the attributes ``file``, ``record``, ``line`` (1-based) and ``position`` (1-based, in the
+    record), each ``None`` when unknown. The one error type of :mod:`mergedna.seqio`."""
+
+    def __init__(self, message: str, file: str | os.PathLike | None = None, record: str | None = None,
+                 line: int | None = None, position: int | None = None):
+        self.file = None if file is None else str(file)
+        self.record, self.line, self.position = record, line, position
+        where = ", ".join(p for p in (self.file or "", f"record {record!r}" if record is not None else "",
+                                      f"line {line}" if line is not None else "") if p)
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class InvalidSequenceError(SequenceFileError):
     """A sequence holds a character that is neither a base, ``N`` nor an IUPAC code."""
 
     def __init__(self, char: str, position: int, record: str | None = None, file: str | None = None):
-        self.char, self.position, self.record, self.file = char, position, record, file
+        self.char, self.position, self.record, self.file, self.line = char, position, record, file, None
         where = ", ".join(
             part for part in (f"file {file}" if file else "", f"record {record!r}" if record else "") if part
         )
-        super().__init__(
+        ValueError.__init__(
+            self,
             f"invalid character {char!r} at position {position} (1-based)" + (f" in {where}" if where else "")
         )
 

@@ -14,30 +14,24 @@ a pure function of ``(seed, rank, step, batch_size)``, so resuming needs no samp
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import os
 import re
-import tempfile
 import time
-import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-from mergedna.vocab import N, InvalidSequenceError, encode_bytes, reverse_complement
+from mergedna.seqio import (SequenceFileError, atomic_path, iter_fasta_pieces, parse_region, record_name,
+                            remove_stale_temps, union_intervals)
+from mergedna.vocab import N, reverse_complement
 
 CACHE_VERSION = 1
-CHUNK_BYTES = 1 << 24  # 16 MiB of FASTA text per read
-_WHITESPACE = b" \t\r\n"
-
-
-class FastaFormatError(ValueError):
-    """The input is empty, unreadable or not FASTA (sequence before the first ``>`` header)."""
 
 
 @dataclass(frozen=True)
@@ -56,18 +50,6 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("MERGEDNA_CACHE") or Path.home() / ".cache" / "mergedna" / "genomes")
 
 
-def _open(path: str):
-    with open(path, "rb") as fh:
-        magic = fh.read(2)
-    # gzip.open reads multi-member streams, so bgzip (a series of gzip blocks) is covered.
-    return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
-
-
-def _line_of(buf: bytes, line0: int, index: int) -> int:
-    """1-based line number of ``buf[index]`` when ``buf`` starts at line ``line0 + 1``."""
-    return line0 + buf.count(b"\n", 0, index) + 1
-
-
 def _n_runs(ids: np.ndarray) -> np.ndarray:
     """Maximal runs of ``N`` in ``ids`` as a (2, R) int64 array of half-open [start, end)."""
     is_n = ids == N
@@ -78,58 +60,35 @@ def _n_runs(ids: np.ndarray) -> np.ndarray:
     return bounds.astype(np.int64).reshape(-1, 2).T
 
 
-def _parse_fasta(path: str, out, offset: int) -> tuple[list[Record], list[np.ndarray]]:
+def _parse_fasta(path: str, out, offset: int, progress=None) -> tuple[list[Record], list[np.ndarray]]:
     """Stream one FASTA file into ``out`` as ids; return its records and its N runs.
 
     N runs are ``(2, R)`` arrays of global half-open ``[start, end)`` intervals.
     """
     records: list[Record] = []
     runs: list[np.ndarray] = []
-    name, rec_start, rec_len = None, offset, 0
-    line0, carry, eof = 0, b"", False
-    with _open(path) as fh:
-        while not eof:
-            chunk = fh.read(CHUNK_BYTES)
-            eof = not chunk
-            buf = carry + chunk
-            cut = len(buf) if eof else buf.rfind(b"\n") + 1  # process whole lines only
-            carry = buf[cut:]
-            i = 0
-            while i < cut:
-                if buf[i] == 0x3E:  # '>' at a line start: a header
-                    nl = buf.find(b"\n", i, cut)
-                    nl = cut if nl < 0 else nl
-                    if name is not None:
-                        records.append(Record(name, path, rec_start, rec_len))
-                    words = buf[i + 1 : nl].decode("utf-8", "replace").split()
-                    name, rec_start, rec_len = (words[0] if words else ""), rec_start + rec_len, 0
-                    i = nl + 1
-                    continue
-                h = buf.find(b"\n>", i, cut)
-                j = cut if h < 0 else h + 1
-                seg = buf[i:j]
-                seq = seg.translate(None, _WHITESPACE)
-                if seq and name is None:
-                    line = _line_of(buf, line0, i + len(seg) - len(seg.lstrip()))
-                    raise FastaFormatError(f"{path}: not FASTA: sequence before the first '>' header (line {line})")
-                try:
-                    ids = encode_bytes(seq, record=name, file=path, offset=rec_len)
-                except InvalidSequenceError as err:
-                    raw = np.frombuffer(seg, dtype=np.uint8)
-                    kept = np.flatnonzero(~np.isin(raw, np.frombuffer(_WHITESPACE, dtype=np.uint8)))
-                    err.line = _line_of(buf, line0, i + int(kept[err.position - rec_len - 1]))
-                    err.args = (f"{err.args[0]}, line {err.line}",)
-                    raise
-                if ids.size:
-                    out.write(memoryview(ids))
-                    runs.append(_n_runs(ids) + rec_start + rec_len)
-                    rec_len += ids.size
-                i = j
-            line0 += buf.count(b"\n", 0, cut)
-    if name is None:  # nothing but blank lines (anything else raised above)
-        raise FastaFormatError(f"{path}: empty FASTA file")
-    records.append(Record(name, path, rec_start, rec_len))
+    current, name, start, length = -1, None, offset, 0
+    for index, header, _, ids in iter_fasta_pieces(path, progress):
+        if index != current:  # a new record begins
+            if name is not None:
+                records.append(Record(name, path, start, length))
+            current, name, start, length = index, record_name(header), start + length, 0
+        out.write(memoryview(ids))
+        runs.append(_n_runs(ids) + start + length)
+        length += ids.size
+    records.append(Record(name, path, start, length))
     return records, runs
+
+
+def _check_unique(records: list[Record]) -> None:
+    seen: dict[str, Record] = {}
+    for r in records:
+        if r.name in seen:
+            first = seen[r.name]
+            where = f"both in {r.file}" if first.file == r.file else f"in {first.file} and in {r.file}"
+            raise SequenceFileError(f"record name {r.name!r} appears twice ({where}); records are addressed by "
+                                    "name (--val, regions), so names must be unique", file=r.file, record=r.name)
+        seen[r.name] = r
 
 
 class Genome:
@@ -149,15 +108,18 @@ class Genome:
 
     @classmethod
     def from_fasta(cls, paths: str | os.PathLike | Sequence[str | os.PathLike],
-                   cache_dir: str | os.PathLike | None = None) -> Genome:
+                   cache_dir: str | os.PathLike | None = None, progress: bool = False) -> Genome:
         """Load FASTA file(s), parsing only when no valid cache exists for this exact file set.
 
-        Raises :class:`FastaFormatError` for an empty or non-FASTA file and
-        :class:`~mergedna.vocab.InvalidSequenceError` (file, record, 1-based position in the
-        record, line) for a character outside the vocabulary.
+        Raises :class:`~mergedna.seqio.SequenceFileError` for an unreadable, empty or non-FASTA
+        file or a record name used twice, naming file, record, position and line where known
+        (:func:`~mergedna.seqio.iter_fasta_pieces`). ``progress`` shows a bar while caching.
         """
         paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
         files = [os.path.abspath(p) for p in paths]
+        for f in files:
+            if not os.path.isfile(f):
+                raise SequenceFileError("no such file" if not os.path.exists(f) else "not a file", file=f)
         stats = [os.stat(f) for f in files]
         key = json.dumps([CACHE_VERSION, [[f, s.st_size, s.st_mtime_ns] for f, s in zip(files, stats)]])
         path_hash = hashlib.sha256(json.dumps(files).encode()).hexdigest()[:12]
@@ -171,53 +133,39 @@ class Genome:
                 return cls._open_cache(base, meta, cache_hit=True)
         except (OSError, ValueError, KeyError):
             pass  # no cache, or a damaged one: rebuild
-        return cls._build(files, key, base)
+        return cls._build(files, key, base, progress)
 
     @staticmethod
     def _open_cache(base: Path, meta: dict, cache_hit: bool, build_seconds: float = 0.0) -> Genome:
         return _reopen(base.with_suffix(".u8"), meta, np.load(base.with_suffix(".nruns.npy")), cache_hit, build_seconds)
 
     @classmethod
-    def _build(cls, files: list[str], key: str, base: Path) -> Genome:
+    def _build(cls, files: list[str], key: str, base: Path, progress: bool = False) -> Genome:
         t0 = time.perf_counter()
         base.parent.mkdir(parents=True, exist_ok=True)
-        tmps = []
-
-        def tmp(suffix):
-            fd, name = tempfile.mkstemp(dir=base.parent, prefix=base.name + ".", suffix=suffix + ".tmp")
-            tmps.append(name)
-            return fd, name
-
-        try:
+        remove_stale_temps(base.parent)  # left by a killed build
+        bar = tqdm(total=sum(os.path.getsize(f) for f in files), unit="B", unit_scale=True, desc="caching genome",
+                   disable=not progress)
+        # the sidecar is opened first so that it is renamed into place last: it commits the cache
+        with atomic_path(base.with_suffix(".json")) as meta_tmp, atomic_path(base.with_suffix(".nruns.npy")) as runs_tmp, \
+                atomic_path(base.with_suffix(".u8")) as ids_tmp:
             records, runs = [], []
-            fd, ids_tmp = tmp(".u8")
-            with os.fdopen(fd, "wb") as out:
+            with open(ids_tmp, "wb") as out:
                 for f in files:
-                    try:
-                        parsed = _parse_fasta(f, out, out.tell())
-                    except (OSError, EOFError, zlib.error) as err:
-                        raise FastaFormatError(f"{f}: cannot read: {err}") from err
+                    parsed = _parse_fasta(f, out, out.tell(), bar.update)
                     records, runs = records + parsed[0], runs + parsed[1]
                 total = out.tell()
+            bar.close()
+            _check_unique(records)
             if total == 0:
-                raise FastaFormatError(f"no sequence in {', '.join(files)}")
-            fd, runs_tmp = tmp(".npy")
-            with os.fdopen(fd, "wb") as fh:
+                raise SequenceFileError(f"no sequence in {', '.join(files)}")
+            with open(runs_tmp, "wb") as fh:
                 np.save(fh, np.concatenate(runs, axis=1) if runs else np.zeros((2, 0), np.int64))
             meta = {"key": key, "total": total, "records": [asdict(r) for r in records]}
-            fd, meta_tmp = tmp(".json")
-            with os.fdopen(fd, "w") as fh:
-                json.dump(meta, fh)
-            os.replace(ids_tmp, base.with_suffix(".u8"))
-            os.replace(runs_tmp, base.with_suffix(".nruns.npy"))
-            os.replace(meta_tmp, base.with_suffix(".json"))  # last: the sidecar commits the cache
-        finally:
-            for name in tmps:
-                if os.path.exists(name):
-                    os.remove(name)
+            meta_tmp.write_text(json.dumps(meta))
         prefix = base.name.rsplit("-", 1)[0] + "-"
         for stale in base.parent.glob(prefix + "*"):  # older caches of the same files
-            if not stale.name.startswith(base.name) and not stale.name.endswith(".tmp"):
+            if not stale.name.startswith(base.name):
                 stale.unlink(missing_ok=True)
         return cls._open_cache(base, meta, cache_hit=False, build_seconds=time.perf_counter() - t0)
 
@@ -231,18 +179,13 @@ class Genome:
     def __len__(self) -> int:
         return int(self.ids.shape[0])
 
-    @property
-    def total_length(self) -> int:
-        """Bases over all records."""
-        return len(self)
-
     def record_index(self, record: int | str) -> int:
         """Index of a record given by index or by (unique) name."""
         if isinstance(record, (int, np.integer)):
             return int(record)
         hits = [i for i, r in enumerate(self.records) if r.name == record]
         if len(hits) != 1:
-            raise KeyError(f"record {record!r} matches {len(hits)} records (need exactly one; use its index)")
+            raise KeyError(f"no record named {record!r}; the records are {_names(self.records)}")
         return hits[0]
 
     def fetch(self, record: int | str, start: int = 0, end: int | None = None) -> np.ndarray:
@@ -266,46 +209,42 @@ def _reopen(path: Path, meta: dict, n_runs: np.ndarray, cache_hit: bool, build_s
     return Genome(ids, [Record(**r) for r in meta["records"]], n_runs, Path(path), cache_hit, build_seconds)
 
 
-def _merge(intervals: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    out: list[tuple[int, int]] = []
-    for a, b in sorted(intervals):
-        if out and a <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], b))
-        elif b > a:
-            out.append((a, b))
-    return out
+def _names(records, limit: int = 20) -> str:
+    names = [r.name for r in records]
+    more = f" ... ({len(names)} in all)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
 
 
 def holdout_intervals(genome: Genome, val: float | str | Sequence[str]) -> list[tuple[int, int, int]]:
     """Held-out validation intervals ``(record_index, start, end)``: 0-based, half-open, sorted, merged.
 
-    ``val`` is a fraction (the last ``round(val * length)`` bases of every record), or one or
-    more specs: a record name (the whole record; every record of that name) or a region
-    ``name:start-end`` in the samtools convention (1-based, inclusive). A spec that is
-    exactly a record name is a name, even if it contains ``:``.
+    ``val`` (``--val``) is a fraction (the last ``round(val * length)`` bases of every record), or
+    one or more specs: a record name (the whole record) or a region ``name:start-end`` in the
+    samtools convention (1-based, inclusive). A spec that is exactly a record name is a name,
+    even if it contains ``:``.
     """
     held: dict[int, list[tuple[int, int]]] = {}
     if isinstance(val, (int, float)) and not isinstance(val, bool):
         if not 0 <= val < 1:
-            raise ValueError(f"val fraction must be in [0, 1), got {val}")
+            raise ValueError(f"--val: a fraction must be in [0, 1), got {val}")
         for i, r in enumerate(genome.records):
             held[i] = [(r.length - int(round(val * r.length)), r.length)]
     else:
+        by_name = {r.name: i for i, r in enumerate(genome.records)}
         for spec in [val] if isinstance(val, str) else val:
-            named = [i for i, r in enumerate(genome.records) if r.name == spec]
-            region = re.fullmatch(r"(.+):([\d,]+)-([\d,]+)", spec)
-            if named:
-                for i in named:
-                    held.setdefault(i, []).append((0, genome.records[i].length))
+            if spec in by_name:
+                held.setdefault(by_name[spec], []).append((0, genome.records[by_name[spec]].length))
                 continue
-            if not region:
-                raise ValueError(f"val spec {spec!r} is neither a record name nor a region 'name:start-end'")
-            i = genome.record_index(region[1])
-            start, end = int(region[2].replace(",", "")), int(region[3].replace(",", ""))
-            if not 1 <= start <= end <= genome.records[i].length:
-                raise ValueError(f"region {spec!r} outside record of length {genome.records[i].length}")
-            held.setdefault(i, []).append((start - 1, end))
-    return [(i, a, b) for i in sorted(held) for a, b in _merge(held[i])]
+            name, start, end = parse_region(spec)
+            if name not in by_name:
+                raise ValueError(f"--val {spec!r}: no record named {name!r}; the records are {_names(genome.records)}")
+            i = by_name[name]
+            if start is None:
+                start, end = 0, genome.records[i].length
+            if end > genome.records[i].length:
+                raise ValueError(f"--val {spec!r}: ends after record {name!r} ({genome.records[i].length} bases)")
+            held.setdefault(i, []).append((start, end))
+    return [(i, a, b) for i in sorted(held) for a, b in union_intervals(held[i])]
 
 
 class _Starts:
@@ -357,7 +296,10 @@ class GenomeSampler:
         self._starts = {"train": _Starts(genome, self.train_intervals, window),
                         "val": _Starts(genome, self.val_intervals, window)}
         if self._starts[split].total == 0:
-            raise ValueError(f"no {window}-base window fits inside the {split} part of the genome")
+            longest = max(r.length for r in genome.records)
+            raise ValueError(f"no {window}-base window fits inside the {split} part of the genome (--val {val!r}; "
+                             f"{len(genome.records)} records, the longest {longest} bases): hold out whole records "
+                             "or regions with --val NAME or --val NAME:START-END, or use a smaller --window")
 
     def _rng(self, stream: int, rank: int, step: int) -> np.random.Generator:
         return np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, stream, rank, step])))
@@ -370,7 +312,9 @@ class GenomeSampler:
             got.append(cand[self.genome.count_n(cand, cand + self.window) <= limit])
             if sum(g.size for g in got) >= n:
                 return np.concatenate(got)[:n]
-        raise RuntimeError(f"nearly every {split} window has more N than max_n_fraction={self.max_n_fraction}")
+        files = ", ".join(dict.fromkeys(r.file for r in self.genome.records))
+        raise ValueError(f"{files}: nearly every {split} window of {self.window} bases has more N than "
+                         f"--max-n-fraction {self.max_n_fraction}; is the sequence mostly N?")
 
     def draw(self, step: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         """Global starts (B,) int64 and reverse-complement flags (B,) bool of batch ``step``."""
@@ -394,7 +338,7 @@ class GenomeSampler:
         """This rank's share (``[rank::world_size]``) of a fixed list of ``n_windows`` held-out
         window starts, which depends on ``seed`` only."""
         if self._starts["val"].total == 0:
-            raise ValueError(f"no {self.window}-base window fits inside the held-out part of the genome")
+            raise ValueError(f"no {self.window}-base window fits inside the held-out part of the genome (--val)")
         return self._accepted(self._rng(2, 0, 0), "val", n_windows)[self.rank :: self.world_size]
 
     def val_batches(self, n_windows: int, batch_size: int) -> list[torch.Tensor]:

@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from mergedna.data.tasks import LabelledSplit
-from mergedna.vocab import PAD
+from mergedna.seqio import chunk_layout, pad_batch
 
 LENGTH_POLICIES = ("error", "truncate", "chunk")
 
@@ -60,7 +60,7 @@ def apply_length_policy(
             raise SequenceTooLongError(
                 f"{split.where(i)}: sequence {split.names[i]!r} has {lengths[i]} bases, more than max_length "
                 f"{max_length} ({long.size} of {len(split)} sequences are longer, the longest {lengths.max()}); "
-                "pass policy='truncate' or policy='chunk'"
+                "pass --length-policy truncate or --length-policy chunk (length_policy='truncate'/'chunk')"
             )
         return split
     if policy == "truncate":
@@ -70,14 +70,7 @@ def apply_length_policy(
         starts = excess // 2 if truncate == "centre" else np.zeros_like(excess)
         return split.take(np.arange(len(split)), starts, np.minimum(lengths, max_length))
     overlap = max_length // 4 if overlap is None else overlap
-    if not 0 <= overlap < max_length:
-        raise ValueError(f"overlap must be in [0, max_length), got {overlap} for max_length {max_length}")
-    stride = max_length - overlap
-    excess = np.maximum(lengths - max_length, 0)
-    n_chunks = 1 + -(-excess // stride)  # ceil(excess / stride) windows after the first
-    rows = np.repeat(np.arange(len(split)), n_chunks)  # (M,) sequence of each chunk
-    rank = np.arange(len(rows)) - np.repeat(np.cumsum(n_chunks) - n_chunks, n_chunks)  # chunk's rank in its row
-    starts = np.minimum(rank * stride, excess[rows])
+    rows, starts = chunk_layout(lengths, max_length, overlap)  # (M,) each: sequence and start of every chunk
     return split.take(rows, starts, np.minimum(lengths[rows], max_length), parent=rows)
 
 
@@ -186,16 +179,10 @@ def collate_labelled(batch, pad_to_multiple_of: int | None = None) -> dict[str, 
     ``parent`` (B,) the original sequences (equal to ``index`` unless the split was chunked).
     N is the longest sequence, rounded up to ``pad_to_multiple_of`` when given.
     """
-    lengths = np.array([len(item[0]) for item in batch], dtype=np.int64)
-    width = int(lengths.max()) if len(batch) else 0
-    if pad_to_multiple_of:
-        width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
-    ids = np.full((len(batch), width), PAD, dtype=np.int64)  # (B, N)
-    for b, item in enumerate(batch):
-        ids[b, : lengths[b]] = item[0]
+    ids, mask = pad_batch([item[0] for item in batch], pad_to_multiple_of)  # (B, N) each
     return {
-        "input_ids": torch.from_numpy(ids),
-        "attention_mask": torch.arange(width)[None, :] < torch.from_numpy(lengths)[:, None],  # (B, N)
+        "input_ids": ids,
+        "attention_mask": mask,
         "labels": torch.tensor([item[1] for item in batch], dtype=torch.long),
         "index": torch.tensor([item[2] for item in batch], dtype=torch.long),
         "parent": torch.tensor([item[3] for item in batch], dtype=torch.long),

@@ -1,21 +1,25 @@
 """Readers for labelled sequence files, one record per labelled sequence.
 
-Every reader returns a list of :data:`Record` ``(sequence text, label text, name or None, file,
+Every reader returns a list of :class:`LabelledRow` ``(sequence, label text, name or None, file,
 1-based line)``; :mod:`mergedna.data.tasks` encodes them and numbers the labels. Formats:
 delimited text with a header (:func:`read_delimited`), FASTA with the label in the header
 (:func:`read_labelled_fasta`) and Genomic Benchmarks class folders (:func:`read_class_folders`).
-Any file may be gzipped (``.gz``). A malformed row raises :class:`TaskFormatError` naming the file
+Any file may be gzip or bgzip (sniffed from its content, :mod:`mergedna.seqio`) and may start with a
+byte-order mark. A malformed row raises :class:`~mergedna.seqio.SequenceFileError` naming the file
 and the line.
 """
 
 from __future__ import annotations
 
 import csv
-import gzip
-import io
 import itertools
 import os
 from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from mergedna.seqio import SequenceFileError, iter_fasta_records, open_text
 
 SPLITS = ("train", "dev", "test")
 _SPLIT_ALIASES = {"train": "train", "dev": "dev", "val": "dev", "valid": "dev", "validation": "dev", "test": "test"}
@@ -25,23 +29,16 @@ SEQUENCE_COLUMNS = ("sequence", "seq", "sequences", "dna")
 LABEL_COLUMNS = ("label", "labels", "class", "target", "y")
 NAME_COLUMNS = ("name", "id", "seq_id", "sequence_id", "record")
 
-# (sequence text, label text, name or None, file, 1-based line)
-Record = tuple[str, str, "str | None", str, int]
 
+class LabelledRow(NamedTuple):
+    """One labelled sequence as read: its text (or ids, from FASTA), label text, name (None when
+    the source has none), file and 1-based line."""
 
-class TaskFormatError(ValueError):
-    """A task file breaks its format. ``file`` and ``line`` (1-based) say where."""
-
-    def __init__(self, message: str, file: str | os.PathLike | None = None, line: int | None = None):
-        self.file, self.line = (str(file) if file is not None else None), line
-        where = f"{self.file}, line {line}: " if line is not None else (f"{self.file}: " if file else "")
-        super().__init__(where + message)
-
-
-def _open_text(path: Path) -> io.TextIOBase:
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
+    sequence: str | np.ndarray
+    label: str
+    name: str | None
+    file: str
+    line: int
 
 
 def format_suffix(path: Path) -> str:
@@ -61,7 +58,7 @@ def _sniff_delimiter(first_line: str, path: Path) -> str:
 def _column(header: list[str], wanted, candidates, what: str, path: Path, required: bool = True):
     if isinstance(wanted, int):
         if not 0 <= wanted < len(header):
-            raise TaskFormatError(f"{what} column index {wanted} out of range for {len(header)} columns", path, 1)
+            raise SequenceFileError(f"{what} column index {wanted} out of range for {len(header)} columns", file=path, line=1)
         return wanted
     lowered = [h.strip().lower() for h in header]
     names = (wanted,) if wanted is not None else candidates
@@ -69,7 +66,7 @@ def _column(header: list[str], wanted, candidates, what: str, path: Path, requir
         if name.lower() in lowered:
             return lowered.index(name.lower())
     if required or wanted is not None:
-        raise TaskFormatError(f"no {what} column (looked for {list(names)}); header is {header}", path, 1)
+        raise SequenceFileError(f"no {what} column (looked for {list(names)}); header is {header}", file=path, line=1)
     return None
 
 
@@ -80,19 +77,19 @@ def read_delimited(
     name_column: str | int | None = None,
     delimiter: str | None = None,
     header: bool = True,
-) -> list[Record]:
+) -> list[LabelledRow]:
     """Rows of a CSV/TSV file as records ``(sequence, label, name, file, line)``.
 
     Columns are given by name (header required) or 0-based index; ``None`` looks for the usual
     names (``sequence``/``seq``..., ``label``/``class``..., optional ``name``/``id``...). The
     delimiter, unless given, is sniffed from the first line. Blank lines are skipped; a row with
-    the wrong number of fields, an empty sequence or an empty label is a :class:`TaskFormatError`.
+    the wrong number of fields, an empty sequence or an empty label is a :class:`~mergedna.seqio.SequenceFileError`.
     """
     path = Path(path)
-    with _open_text(path) as fh:
+    with open_text(path, newline="") as fh:
         first = fh.readline()
         if not first.strip():
-            raise TaskFormatError("empty file or blank first line", path, 1)
+            raise SequenceFileError("empty file or blank first line", file=path, line=1)
         delimiter = delimiter or _sniff_delimiter(first, path)
         reader = csv.reader(itertools.chain([first], fh), delimiter=delimiter)
         if header:
@@ -100,7 +97,7 @@ def read_delimited(
             width = len(head)
         else:
             if not all(isinstance(c, int) for c in (sequence_column, label_column)):
-                raise TaskFormatError("header=False needs integer sequence_column and label_column", path)
+                raise SequenceFileError("header=False needs integer sequence_column and label_column", file=path)
             head, width = [str(i) for i in range(len(next(csv.reader([first], delimiter=delimiter))))], None
         seq_i = _column(head, sequence_column, SEQUENCE_COLUMNS, "sequence", path)
         label_i = _column(head, label_column, LABEL_COLUMNS, "label", path)
@@ -113,20 +110,20 @@ def read_delimited(
             if width is None:
                 width = len(row)
             if len(row) != width:
-                raise TaskFormatError(f"expected {width} fields, found {len(row)}", path, line)
+                raise SequenceFileError(f"expected {width} fields, found {len(row)}", file=path, line=line)
             seq, label = row[seq_i].strip(), row[label_i].strip()
             if not seq:
-                raise TaskFormatError("empty sequence", path, line)
+                raise SequenceFileError("empty sequence", file=path, line=line)
             if not label:
-                raise TaskFormatError("empty label", path, line)
-            records.append((seq, label, row[name_i].strip() if name_i is not None else None, str(path), line))
+                raise SequenceFileError("empty label", file=path, line=line)
+            records.append(LabelledRow(seq, label, row[name_i].strip() if name_i is not None else None, str(path), line))
     return records
 
 
 def _parse_header(header: str, label_key: str, path: Path, line: int) -> tuple[str, str]:
     tokens = header.split()
     if not tokens:
-        raise TaskFormatError("empty FASTA header", path, line)
+        raise SequenceFileError("empty FASTA header", file=path, line=line)
     prefix = label_key + "="
     for token in tokens[1:]:
         if token.startswith(prefix) and len(token) > len(prefix):
@@ -134,57 +131,41 @@ def _parse_header(header: str, label_key: str, path: Path, line: int) -> tuple[s
     name, bar, label = tokens[0].rpartition("|")
     if bar and name and label:
         return name, label
-    raise TaskFormatError(f"no label in header {header!r} (expected '>id {prefix}X' or '>id|X')", path, line)
+    raise SequenceFileError(f"no label in header {header!r} (expected '>id {prefix}X' or '>id|X')", file=path, line=line)
 
 
-def read_labelled_fasta(path, label_key: str = "label") -> list[Record]:
+def read_labelled_fasta(path, label_key: str = "label") -> list[LabelledRow]:
     """Records of a FASTA file whose headers carry the label.
 
     Rule, first match wins: a whitespace-separated ``label=X`` token after the id
     (``>seq7 label=ei``; the key is ``label_key``), giving name ``seq7``; else an id ending in
     ``|X`` (``>chr1:100-400|1``, the NT benchmark's ``.fna``), giving name ``chr1:100-400``.
-    A header matching neither, or a record without sequence, is a :class:`TaskFormatError` naming
+    A header matching neither, or a record without sequence, is a :class:`~mergedna.seqio.SequenceFileError` naming
     the header's line. Sequence lines are joined; blank lines are skipped.
     """
-    path = Path(path)
-    entries: list[tuple[str, int, list[str]]] = []  # (header, header line, sequence lines)
-    with _open_text(path) as fh:
-        for number, text in enumerate(fh, 1):
-            text = text.strip()
-            if text.startswith(">"):
-                entries.append((text[1:], number, []))
-            elif text:
-                if not entries:
-                    raise TaskFormatError("sequence before the first '>' header", path, number)
-                entries[-1][2].append(text)
-    records = []
-    for header, number, parts in entries:
-        name, label = _parse_header(header, label_key, path, number)
-        if not parts:
-            raise TaskFormatError(f"record {name!r} has no sequence", path, number)
-        records.append(("".join(parts), label, name, str(path), number))
-    return records
+    return [LabelledRow(ids, *reversed(_parse_header(header, label_key, path, line)), str(path), line)
+            for header, line, ids in iter_fasta_records(path)]
 
 
 def _natural_key(path: Path):
     return (0, int(path.stem), "") if path.stem.isdigit() else (1, 0, path.stem)
 
 
-def read_class_folders(split_dir) -> list[Record]:
+def read_class_folders(split_dir) -> list[LabelledRow]:
     """Records of a Genomic Benchmarks split folder ``<split>/<class_name>/*.txt``: one sequence
     per file (whitespace removed), label = class folder name, name = file stem. Classes in sorted
     order, files in natural (numeric-aware) order. The line reported is 1."""
     split_dir = Path(split_dir)
     classes = sorted(d for d in split_dir.iterdir() if d.is_dir())
     if not classes:
-        raise TaskFormatError("no class folders", split_dir)
+        raise SequenceFileError("no class folders", file=split_dir)
     records = []
     for class_dir in classes:
         for file in sorted(class_dir.glob("*.txt"), key=_natural_key):
             seq = "".join(file.read_text(encoding="utf-8").split())
             if not seq:
-                raise TaskFormatError("empty sequence", file, 1)
-            records.append((seq, class_dir.name, file.stem, str(file), 1))
+                raise SequenceFileError("empty sequence", file=file, line=1)
+            records.append(LabelledRow(seq, class_dir.name, file.stem, str(file), 1))
     return records
 
 
@@ -198,7 +179,7 @@ def find_split_files(root, suffixes=TABLE_SUFFIXES) -> dict[str, Path]:
         split = _SPLIT_ALIASES.get(stem.lower())
         if path.is_file() and split and format_suffix(path) in suffixes:
             if split in found:
-                raise TaskFormatError(f"two files for split {split!r}: {found[split].name} and {path.name}", root)
+                raise SequenceFileError(f"two files for split {split!r}: {found[split].name} and {path.name}", file=root)
             found[split] = path
     return {s: found[s] for s in SPLITS if s in found}
 

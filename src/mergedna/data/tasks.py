@@ -31,7 +31,7 @@ label that train lacks is an error. Pass ``label_names`` to fix the order yourse
 Errors
 ------
 A malformed row (missing column, wrong number of fields, empty sequence or label, a header without
-a label) raises :class:`TaskFormatError`; a bad base raises :class:`~mergedna.vocab.InvalidSequenceError`.
+a label) raises :class:`~mergedna.seqio.SequenceFileError`; a bad base raises :class:`~mergedna.vocab.InvalidSequenceError`.
 Both messages name the file and the 1-based line.
 """
 
@@ -49,14 +49,14 @@ from mergedna.data.task_formats import (
     FASTA_SUFFIXES,
     SPLITS,
     TABLE_SUFFIXES,
-    Record,
-    TaskFormatError,
+    LabelledRow,
     find_split_files,
     format_suffix,
     read_class_folders,
     read_delimited,
     read_labelled_fasta,
 )
+from mergedna.seqio import SequenceFileError
 from mergedna.vocab import encode
 
 _INT = re.compile(r"^[+-]?\d+$")
@@ -179,7 +179,7 @@ class Task:
         return f"Task({self.name!r}, {parts}, classes {self.label_names}, metric {self.metric}{missing})"
 
 
-def _label_order(records_by_split: Mapping[str, list[Record]]) -> list[str]:
+def _label_order(records_by_split: Mapping[str, list[LabelledRow]]) -> list[str]:
     ref = records_by_split.get("train")
     pool = ref if ref is not None else [r for recs in records_by_split.values() for r in recs]
     labels = {r[1] for r in pool}
@@ -188,15 +188,15 @@ def _label_order(records_by_split: Mapping[str, list[Record]]) -> list[str]:
     return sorted(labels)
 
 
-def _build_split(records: list[Record], label_to_id: dict[str, int], split: str, source: str) -> LabelledSplit:
+def _build_split(records: list[LabelledRow], label_to_id: dict[str, int], split: str, source: str) -> LabelledSplit:
     arrays, labels, names, files, file_index, lines = [], [], [], {}, [], []
     for seq, label, name, file, line in records:
         if label not in label_to_id:
-            raise TaskFormatError(
-                f"label {label!r} of split {split!r} is not among the {source} labels {list(label_to_id)}", file, line
-            )
+            raise SequenceFileError(
+                f"label {label!r} of split {split!r} is not among the {source} labels {list(label_to_id)}",
+                file=file, line=line)
         where = f"line {line}" if name is None else f"{name}, line {line}"
-        arrays.append(encode(seq, record=where, file=file))
+        arrays.append(encode(seq, record=where, file=file) if isinstance(seq, str) else seq)
         labels.append(label_to_id[label])
         names.append(name if name is not None else f"{Path(file).name}:{line}")
         file_index.append(files.setdefault(file, len(files)))
@@ -216,7 +216,7 @@ def _build_split(records: list[Record], label_to_id: dict[str, int], split: str,
 
 def make_task(
     name: str,
-    records_by_split: Mapping[str, list[Record]],
+    records_by_split: Mapping[str, list[LabelledRow]],
     metric: str,
     label_names: list[str] | None = None,
     expected: tuple[str, ...] = SPLITS,
@@ -224,10 +224,10 @@ def make_task(
 ) -> Task:
     """Build a :class:`Task` from records per split, numbering labels as the module docstring says."""
     if not records_by_split:
-        raise TaskFormatError(f"task {name!r}: no split files found", root)
+        raise SequenceFileError(f"task {name!r}: no split files found", file=root)
     for split, records in records_by_split.items():
         if not records:
-            raise TaskFormatError(f"split {split!r} has no rows", root)
+            raise SequenceFileError(f"split {split!r} has no rows", file=root)
     if label_names is not None:
         order, source = [str(x) for x in label_names], "given"
     else:

@@ -5,7 +5,7 @@ Layout under the run directory::
     checkpoints/step-00001000/
         config.json, model.safetensors   # loadable by MergeDNAForPretraining.from_pretrained
         optimizer.pt                     # optimizer state (tensors and numbers only; loaded with weights_only)
-        trainer_state.json               # step, configs, consecutive bad steps
+        trainer_state.json               # step, model/train/objective configs, run metadata
 
 A checkpoint directory appears by one ``rename`` of a complete temporary directory, so a
 process killed at any moment (SIGKILL included) leaves only complete checkpoints.
@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from ..pretrained import MergeDNAPreTrainedModel, atomic_write_dir
+from ..pretrained import MergeDNAPreTrainedModel
+from ..seqio import SequenceFileError, atomic_write_dir
 
 STATE_NAME = "trainer_state.json"
 OPTIM_NAME = "optimizer.pt"
@@ -62,7 +63,11 @@ def load_checkpoint(path: str | Path) -> tuple[dict, dict, dict]:
     from safetensors.torch import load_file
 
     path = Path(path)
-    state = json.loads((path / STATE_NAME).read_text())
-    model_state = load_file(str(path / "model.safetensors"))
-    optim_state = torch.load(path / OPTIM_NAME, map_location="cpu", weights_only=True)
+    try:
+        state = json.loads((path / STATE_NAME).read_text())
+        model_state = load_file(str(path / "model.safetensors"))
+        optim_state = torch.load(path / OPTIM_NAME, map_location="cpu", weights_only=True)
+    except Exception as err:  # json, safetensors and torch each raise their own kind
+        raise SequenceFileError(f"cannot read this checkpoint ({type(err).__name__}: {err}); delete it to resume "
+                                "from the one before", file=path) from None
     return model_state, optim_state, state

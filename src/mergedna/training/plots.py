@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from ..seqio import atomic_path  # noqa: E402
 
 LOSS_KEYS = ("loss", "mtr", "latent_mtr", "amtm", "mlm")
 
@@ -54,8 +55,7 @@ def plot_curves(metrics_path: str | Path, png_path: str | Path, title: str = "Me
     fig.suptitle(title)
     fig.tight_layout()
     png_path = Path(png_path)
-    tmp = png_path.with_name(f".{png_path.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(png_path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-    os.replace(tmp, png_path)
     return png_path
