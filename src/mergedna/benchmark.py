@@ -216,7 +216,7 @@ def run_benchmark(suite: str, data_root: str | os.PathLike, out: str | os.PathLi
             else:
                 metrics = finetune(data_root / task, run_dir, model=model, preset=preset,
                                    layout=SUITES[suite]["layout"], seed=seed, command=command, progress=progress,
-                                   save_model=save_models, **settings)
+                                   save_model=save_models, overwrite=True, **settings)  # an unfinished run is redone
             record = _run_record(task, seed, run_dir, metrics)
             results["runs"].append(record)
             flush()

@@ -75,19 +75,31 @@ def _parse_value(text: str):
 
 
 def _load_config_file(path: str) -> dict:
-    import tomllib
     from pathlib import Path
 
     p = Path(path)
     if not p.is_file():
         raise SystemExit(f"mergedna: config file {path} not found")
+    if p.suffix != ".toml":
+        try:
+            return json.loads(p.read_text())
+        except ValueError as err:
+            raise SystemExit(f"mergedna: cannot parse config file {path}: {err}")
     try:
-        return tomllib.loads(p.read_text()) if p.suffix == ".toml" else json.loads(p.read_text())
+        import tomllib  # Python >= 3.11
+    except ModuleNotFoundError:
+        try:
+            import tomli as tomllib  # the same parser, for Python 3.10
+        except ModuleNotFoundError:
+            raise SystemExit(f"mergedna: reading {path} needs Python >= 3.11 or the 'tomli' package "
+                             "(pip install tomli); or write the config as .json") from None
+    try:
+        return tomllib.loads(p.read_text())
     except (ValueError, tomllib.TOMLDecodeError) as err:
         raise SystemExit(f"mergedna: cannot parse config file {path}: {err}")
 
 
-# flag -> (section, key): objective and model knobs exposed as flags
+# pretrain flags that go to the objective config and to the model config (the rest are TrainConfig fields)
 _OBJECTIVE_FLAGS = ("lambda_latent", "masking", "ratio_mean", "ratio_std", "objective", "mlm_mask_ratio")
 _MODEL_FLAGS = ("tokenizer", "merge_scope", "local_encoder_layers", "latent_encoder_layers", "fixed_span")
 
@@ -135,7 +147,10 @@ def add_pretrain_parser(sub) -> None:
     a("--config", help="JSON or TOML file with any of these settings; flags override it")
     a("--preset", choices=sorted(PRESETS), help="model size (default small)")
     a("--init-from", dest="init_from", help="start from a checkpoint's weights")
-    a("--resume", action="store_true", default=None, help="continue from the newest checkpoint in --out")
+    a("--resume", action="store_true", default=None,
+      help="continue the run in --out from its newest checkpoint (same settings; --steps may grow)")
+    a("--overwrite", action="store_true", default=None,
+      help="--out holds another run: delete its files (run.json, checkpoints/, model/, metrics...) and start again")
     a("--steps", type=int, help="optimizer steps (default 1000)")
     a("--batch-size", dest="batch_size", type=int, help="windows per micro-batch per process (default 8)")
     a("--grad-accum", dest="grad_accum", type=int, help="micro-batches per step (default 1)")
@@ -210,13 +225,24 @@ def main(argv: list[str] | None = None) -> int:
     file, record and position instead of a traceback; set MERGEDNA_DEBUG=1 to see the traceback."""
     import os
 
+    import logging
+
     args = build_parser().parse_args(argv)
+    handler = logging.StreamHandler(sys.stderr)  # what --model / --init-from loaded, in one line
+    handler.setFormatter(logging.Formatter(f"mergedna {args.command}: %(message)s"))
+    logging.getLogger("mergedna.pretrained").addHandler(handler)
+    logging.getLogger("mergedna.pretrained").setLevel(logging.INFO)
     try:
         return args.func(args)
-    except (FileNotFoundError, IsADirectoryError, PermissionError, ValueError, KeyError) as err:
+    except (OSError, ValueError, KeyError) as err:
         if os.environ.get("MERGEDNA_DEBUG"):
             raise
-        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+        if isinstance(err, KeyError) and err.args:
+            msg = err.args[0]
+        elif isinstance(err, OSError) and err.strerror and err.filename:  # disk full, read-only, permission
+            msg = f"{err.filename}: {err.strerror}"
+        else:
+            msg = err
         print(f"mergedna {args.command}: error: {msg}", file=sys.stderr)
         return 2
 

@@ -199,7 +199,7 @@ def embed_file(model, input_path: str | os.PathLike, out_path: str | os.PathLike
     lengths = [len(ids) for _, ids in read_sequences(input_path, sequence_column, id_column)]  # validate + count
     n, total, dim = len(lengths), int(sum(lengths)), encoder.config.hidden_size
     ids_path = out_path.with_suffix(".ids.tsv") if kind == ".npy" else None
-    bar = tqdm(total=total, unit="bp", unit_scale=True, desc="embed", disable=not progress)
+    bar = tqdm(total=total, unit="bp", unit_scale=True, desc="embed", disable=not progress, delay=2)
     stream = iter_embeddings(encoder, read_sequences(input_path, sequence_column, id_column), per_base,
                              progress=bar.update, **kwargs)
     with atomic_path(out_path) as tmp, contextlib.ExitStack() as stack:

@@ -32,7 +32,9 @@ multiclass: one-vs-rest macro; ``None`` when undefined, e.g. one class only).
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
+import json
 import math
 import os
 import random
@@ -53,7 +55,9 @@ from .data.task_batching import LENGTH_POLICIES, average_chunk_logits, make_data
 from .data.tasks import LAYOUTS, LabelledSplit, Task, load_task, make_split
 from .heads import MergeDNAForSequenceClassification
 from .precision import PRECISIONS, autocast, resolve
-from .provenance import run_metadata, write_json_atomic
+from .provenance import run_metadata
+from .runs import claim_run_dir
+from .seqio import atomic_path, write_json_atomic
 from .training.trainer import adamw
 
 METRICS = ("mcc", "accuracy", "f1", "auroc")
@@ -158,10 +162,13 @@ def prepare_splits(task: Task, settings: FinetuneSettings) -> tuple[dict[str, La
                                f"(split_seed {settings.split_seed}); the task ships without dev")
     if "test" not in splits:
         raise TaskSetupError(f"task {task.name!r} has no test split (it has {sorted(task.splits)})")
+    if task.num_classes < 2:
+        raise TaskSetupError(f"task {task.name!r} has one class only ({task.label_names[0]!r}): there is nothing "
+                             "to learn; check the label column (--label-column)")
     empty = [k for k in ("train", "dev", "test") if len(splits[k]) == 0]
     if empty:
         raise TaskSetupError(f"task {task.name!r}: split(s) {empty} came out empty ({notes['dev_source']}); "
-                             f"the task is too small for dev_fraction {settings.dev_fraction}")
+                             f"the task is too small for --dev-fraction {settings.dev_fraction}")
     return {k: splits[k] for k in ("train", "dev", "test")}, notes
 
 
@@ -176,7 +183,8 @@ def build_model(task: Task, model: str | os.PathLike | None, preset: str | None,
         if getattr(settings, key) is not None:
             overrides[key] = getattr(settings, key)
     if model is not None:
-        return (MergeDNAForSequenceClassification.from_pretrained(model, **overrides),
+        # the head is always new, also on a fine-tuned model; the decoders of a pretraining checkpoint are dropped
+        return (MergeDNAForSequenceClassification.from_pretrained(model, fresh=("classifier.",), **overrides),
                 {"checkpoint": str(Path(model).resolve()), "init": "pretrained"})
     return MergeDNAForSequenceClassification(preset_config(preset, **overrides)), {"preset": preset, "init": "random"}
 
@@ -227,9 +235,11 @@ def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
     return max(0.0, 1.0 - progress) if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def fit(model, train_loader, evaluate_dev, settings: FinetuneSettings, progress: bool = True) -> dict:
+def fit(model, train_loader, evaluate_dev, settings: FinetuneSettings, progress: bool = True,
+        on_best=None) -> dict:
     """Train ``model`` (its parameters with ``requires_grad``) on ``train_loader``; every
-    ``eval_every`` steps and at the end call ``evaluate_dev(model) -> metrics``. Restores the
+    ``eval_every`` steps and at the end call ``evaluate_dev(model) -> metrics``, and
+    ``on_best(model, step, dev)`` when the dev score improves (to checkpoint it). Restores the
     trainable weights of the best dev evaluation (first one wins ties). Returns the history:
     ``dev_curve``, ``best_step``, ``best_dev``, ``steps``, ``stopped_early``."""
     steps_per_epoch = len(train_loader)
@@ -273,6 +283,8 @@ def fit(model, train_loader, evaluate_dev, settings: FinetuneSettings, progress:
                 if best is None or score > best[1]:
                     best, bad = (step, score, dev), 0
                     best_state = [p.detach().clone() for _, p in trainable]
+                    if on_best is not None:
+                        on_best(model, step, dev)
                 else:
                     bad += 1
                     stopped_early = settings.patience is not None and bad >= settings.patience
@@ -314,7 +326,8 @@ def plot_dev_curve(result: dict, path: str | os.PathLike) -> None:
     ax.set_title(f"{result['task']['name']} seed {result['seed']}: test {metric} "
                  f"{result['test'][metric] if result['test'][metric] is not None else float('nan'):.3f}")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
 
 
@@ -327,11 +340,15 @@ def _write_predictions(path: Path, split: LabelledSplit, probs: np.ndarray, labe
 
 
 def finetune(task, out: str | os.PathLike | None = None, *, model: str | os.PathLike | None = None,
-             preset: str | None = None, layout: str = "gue", seed: int = 0, command: str | None = None,
-             progress: bool = True, save_model: bool = True, **settings) -> dict:
+             preset: str | None = None, layout: str = "auto", seed: int = 0, command: str | None = None,
+             progress: bool = True, save_model: bool = True, overwrite: bool = False, task_options: dict | None = None,
+             **settings) -> dict:
     """Fine-tune on ``task`` (a :class:`Task` or a path read with ``layout``) and evaluate once on test.
 
-    With ``out``, writes the files of the module docstring (``model/`` only with ``save_model``).
+    With ``out``, first claims it as this run's folder and writes ``run.json`` (settings, provenance;
+    :func:`mergedna.runs.claim_run_dir`, ``overwrite`` deletes a run already there), saves the best-on-dev
+    model to ``model/`` each time dev improves (with ``save_model``), then writes the other files of the
+    module docstring. ``task_options`` go to the task loader (e.g. ``sequence_column``).
     ``settings`` are :class:`FinetuneSettings` fields. Returns what ``out/metrics.json`` holds
     (when ``out`` is given): task and split notes, model source and config, settings, seed, run
     metadata (:func:`run_metadata`), ``dev_curve``, ``best_step``, ``best_dev``, ``test`` metrics
@@ -339,8 +356,13 @@ def finetune(task, out: str | os.PathLike | None = None, *, model: str | os.Path
     """
     settings = FinetuneSettings(**settings)
     started = time.time()
+    if out is not None:
+        source = {"task": task if not isinstance(task, Task) else task.name, "model": model, "preset": preset,
+                  "layout": layout, "seed": seed, "task_options": task_options, **dataclasses.asdict(settings)}
+        claim_run_dir(out, "finetune", json.loads(json.dumps(source, default=str)), overwrite=overwrite,
+                      meta=run_metadata(command))
     if not isinstance(task, Task):
-        task = load_task(task, layout)
+        task = load_task(task, layout, **(task_options or {}))
     splits, notes = prepare_splits(task, settings)
     random.seed(seed)
     np.random.seed(seed)
@@ -356,8 +378,14 @@ def finetune(task, out: str | os.PathLike | None = None, *, model: str | os.Path
                                seed=seed)
 
     train_loader, dev_loader = loader("train", True, settings.batch_size), loader("dev", False, eval_bs)
+
+    def save_best(net, step, dev):  # a failure late in the run keeps the best model so far
+        best = copy.deepcopy(net).merge_and_unload() if settings.lora_rank > 0 else net
+        best.save_pretrained(Path(out) / "model")
+
     history = fit(net, train_loader,
-                  lambda m: evaluate(m, dev_loader, splits["dev"], settings.precision, "dev"), settings, progress)
+                  lambda m: evaluate(m, dev_loader, splits["dev"], settings.precision, "dev"), settings, progress,
+                  on_best=save_best if out is not None and save_model else None)
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
     if settings.lora_rank > 0:
         classifier = net.merge_and_unload()
@@ -375,7 +403,8 @@ def finetune(task, out: str | os.PathLike | None = None, *, model: str | os.Path
         out.mkdir(parents=True, exist_ok=True)
         if save_model:
             classifier.save_pretrained(out / "model")
-        _write_predictions(out / "test_predictions.tsv", splits["test"], probs, task.label_names)
+        with atomic_path(out / "test_predictions.tsv") as tmp:
+            _write_predictions(tmp, splits["test"], probs, task.label_names)
         plot_dev_curve(result, out / "dev_curve.png")
         write_json_atomic(out / "metrics.json", result)
     return result
@@ -431,9 +460,11 @@ def format_metrics(metrics: dict) -> str:
 
 
 def cmd_finetune(args) -> int:
+    columns = {k: int(v) if v.isdigit() else v for k, v in (("sequence_column", args.sequence_column),
+                                                             ("label_column", args.label_column)) if v is not None}
     result = finetune(args.task, args.out, model=args.model, preset=args.preset, layout=args.layout, seed=args.seed,
                       command=shlex.join(["mergedna", *sys.argv[1:]]), progress=not args.no_progress,
-                      **settings_from_args(args))
+                      overwrite=args.overwrite, task_options=columns, **settings_from_args(args))
     task = result["task"]
     print(f"task {task['name']}: train {task['sizes']['train']}, dev {task['sizes']['dev']}, "
           f"test {task['sizes']['test']} (dev: {task['dev_source']})")
@@ -451,8 +482,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("finetune", help="fine-tune a classifier on a labelled task, select on dev, "
                                                "evaluate once on test")
     p.add_argument("--task", required=True, help="task folder or file")
-    p.add_argument("--layout", choices=sorted(LAYOUTS), default="gue", help="task layout (default gue)")
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--layout", choices=["auto", *sorted(LAYOUTS)], default="auto",
+                   help="task layout (default auto: a CSV/TSV or FASTA file, or a folder in GUE, Genomic "
+                        "Benchmarks or NT layout, recognised from its files)")
+    p.add_argument("--sequence-column", help="CSV/TSV sequence column, by name or 0-based index (default: "
+                                             "sequence/seq/dna)")
+    p.add_argument("--label-column", help="CSV/TSV label column, by name or 0-based index (default: label/class/...)")
+    p.add_argument("--out", required=True, help="output folder (a new one, or one holding no run)")
+    p.add_argument("--overwrite", action="store_true", help="--out holds another run: delete its files first")
     p.add_argument("--seed", type=int, default=0)
     add_training_arguments(p)
     p.set_defaults(func=cmd_finetune)

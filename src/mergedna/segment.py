@@ -229,7 +229,7 @@ def segment_fasta(encoder: MergeDNAModel, fasta, regions: list[str] | None = Non
     a sliced FASTA) means that whole record, as in samtools. ``progress`` shows a bar in bases."""
     parsed = {text: parse_region(text) for text in regions or []}
     out, done, names = [], set(), []
-    bar = tqdm(unit="bp", unit_scale=True, desc="segment", disable=not progress)
+    bar = tqdm(unit="bp", unit_scale=True, desc="segment", disable=not progress, delay=2)
     for name, ids in iter_fasta(fasta):
         names.append(name)
         spans = [(0, len(ids), name)] if not regions else []

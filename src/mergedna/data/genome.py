@@ -145,7 +145,7 @@ class Genome:
         base.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(base.parent)  # left by a killed build
         bar = tqdm(total=sum(os.path.getsize(f) for f in files), unit="B", unit_scale=True, desc="caching genome",
-                   disable=not progress)
+                   delay=2, disable=not progress)
         # the sidecar is opened first so that it is renamed into place last: it commits the cache
         with atomic_path(base.with_suffix(".json")) as meta_tmp, atomic_path(base.with_suffix(".nruns.npy")) as runs_tmp, \
                 atomic_path(base.with_suffix(".u8")) as ids_tmp:

@@ -56,7 +56,7 @@ from mergedna.data.task_formats import (
     read_delimited,
     read_labelled_fasta,
 )
-from mergedna.seqio import SequenceFileError
+from mergedna.seqio import SequenceFileError, open_text, read_errors
 from mergedna.vocab import encode
 
 _INT = re.compile(r"^[+-]?\d+$")
@@ -334,10 +334,40 @@ LAYOUTS = {
 }
 
 
-def load_task(path, layout: str, **kwargs) -> Task:
-    """Load ``path`` with the loader for ``layout`` (a key of :data:`LAYOUTS`)."""
+def detect_layout(path) -> str:
+    """The layout of a task path: a file is ``fasta`` when it starts with ``>``, else ``csv``; a
+    folder with ``train/`` class folders is ``genomic_benchmarks``, one with ``.fna`` split files
+    ``nt``, one with split ``.csv`` files ``gue``, other split tables ``csv``, split FASTA ``fasta``."""
+    path = Path(path)
+    if path.is_file():
+        with open_text(path) as fh, read_errors(path):
+            first = next((line for line in fh if line.strip()), "")
+        return "fasta" if first.startswith(">") else "csv"
+    if not path.is_dir():
+        raise FileNotFoundError(f"task {path} not found")
+    if (path / "train").is_dir() or (path / "test").is_dir():
+        return "genomic_benchmarks"
+    tables = find_split_files(path, TABLE_SUFFIXES)
+    fasta = find_split_files(path, FASTA_SUFFIXES)
+    if any(format_suffix(f) == ".fna" for f in fasta.values()):
+        return "nt"
+    if tables:
+        return "gue" if all(format_suffix(f) == ".csv" for f in tables.values()) else "csv"
+    if fasta:
+        return "fasta"
+    raise SequenceFileError("no task files: expected train/dev/test CSV, TSV or FASTA files, or class folders "
+                            "train/<class>/*.txt", file=path)
+
+
+def load_task(path, layout: str = "auto", **kwargs) -> Task:
+    """Load ``path`` with the loader for ``layout`` (a key of :data:`LAYOUTS`, or ``auto``:
+    :func:`detect_layout`). ``kwargs`` go to the loader (e.g. ``sequence_column`` for csv)."""
+    if layout == "auto":
+        layout = detect_layout(path)
     if layout not in LAYOUTS:
-        raise ValueError(f"unknown task layout {layout!r}; expected one of {sorted(LAYOUTS)}")
+        raise ValueError(f"unknown task layout {layout!r}; expected auto or one of {sorted(LAYOUTS)}")
+    if kwargs and layout != "csv":
+        raise ValueError(f"--sequence-column/--label-column apply to CSV/TSV tasks (--layout csv), not {layout}")
     return LAYOUTS[layout](path, **kwargs)
 
 

@@ -16,7 +16,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,8 @@ from ..config import MergeDNAConfig, preset
 from ..data.genome import Genome, GenomeSampler
 from ..model import MergeDNAForPretraining
 from ..precision import autocast, resolve
-from ..pretrained import atomic_write_dir
+from ..runs import check_checkpoint, claim_run_dir
+from ..seqio import atomic_write_dir, remove_stale_temps, write_json_atomic, write_text_atomic
 from ..provenance import run_metadata
 from ..objectives import MergeDNAPretrainer, ObjectiveConfig, step_generator
 from . import distributed as D
@@ -75,6 +75,7 @@ class TrainConfig:
     max_bad_steps: int = 5
     time_limit: float | None = None  # minutes; stop (with a checkpoint) when exceeded
     resume: bool = False
+    overwrite: bool = False  # delete the run already in `out` (see mergedna.runs)
     device: str | None = None
     progress: bool = True
 
@@ -92,7 +93,7 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 def build_model(cfg: TrainConfig) -> MergeDNAForPretraining:
     if cfg.init_from:
-        return MergeDNAForPretraining.from_pretrained(cfg.init_from, **cfg.model)
+        return MergeDNAForPretraining.from_pretrained(cfg.init_from, strict=True, **cfg.model)  # decoders too
     return MergeDNAForPretraining(preset(cfg.preset, **cfg.model))
 
 
@@ -140,9 +141,7 @@ class _Log:
         self.path, self.enabled = path, enabled
         if enabled and resume_step is not None and path.exists():
             keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= resume_step]
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text("".join(ln + "\n" for ln in keep))
-            os.replace(tmp, path)
+            write_text_atomic(path, "".join(ln + "\n" for ln in keep))
         elif enabled and resume_step is None and path.exists():
             path.unlink()
 
@@ -158,13 +157,14 @@ def pretrain(cfg: TrainConfig) -> dict:
     cfg = dataclasses.replace(cfg, bf16=resolve(cfg.bf16, info.device) == "bf16")  # run_config records what ran
     out = Path(cfg.out)
     obj_cfg = ObjectiveConfig(**cfg.objective)
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
     if not cfg.fasta:
         raise ValueError("no FASTA given: pass one or more --fasta files")
+    if info.is_main:  # refuse a folder holding another run; clean what a killed run left
+        claim_run_dir(out, "pretrain", cfg.to_dict(), cfg.resume, cfg.overwrite)
+        remove_stale_temps(out / "checkpoints")
     # rank 0 builds the genome cache, the others wait and then open it
     if info.is_main:
-        genome = Genome.from_fasta(cfg.fasta, cache_dir=cfg.cache_dir)
+        genome = Genome.from_fasta(cfg.fasta, cache_dir=cfg.cache_dir, progress=cfg.progress)
     D.barrier(info)
     if not info.is_main:
         genome = Genome.from_fasta(cfg.fasta, cache_dir=cfg.cache_dir)
@@ -181,6 +181,7 @@ def pretrain(cfg: TrainConfig) -> dict:
     start, optim_state = 0, None
     if ckpt is not None:
         model_state, optim_state, state = load_checkpoint(ckpt)
+        check_checkpoint(ckpt, state.get("train"), cfg.to_dict())
         saved = MergeDNAConfig.from_dict(state["model_config"])
         if saved != model.config:
             raise ValueError(f"{ckpt}: checkpoint model config differs from this run's; "
@@ -198,8 +199,8 @@ def pretrain(cfg: TrainConfig) -> dict:
     log = _Log(out / "metrics.jsonl", info.is_main, start if ckpt is not None else None)
     meta = {**run_metadata(), "world_size": info.world_size}
     if info.is_main:
-        (out / "run_config.json").write_text(json.dumps({"train": cfg.to_dict(), "objective": obj_cfg.to_dict(),
-                                                         "model": model.config.to_dict(), "meta": meta}, indent=2))
+        write_json_atomic(out / "run_config.json", {"train": cfg.to_dict(), "objective": obj_cfg.to_dict(),
+                                                    "model": model.config.to_dict(), "meta": meta})
     n_params = sum(p.numel() for p in model.parameters())
     bases_per_step = cfg.batch_size * cfg.window * cfg.grad_accum * info.world_size
     bar = tqdm(total=cfg.steps, initial=start, disable=not (info.is_main and cfg.progress), unit="step",
@@ -279,7 +280,7 @@ def pretrain(cfg: TrainConfig) -> dict:
     if info.is_main:
         atomic_write_dir(out / "model", lambda tmp: model.write_files(tmp, final_state))
         plot_curves(out / "metrics.jsonl", out / "curves.png")
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        write_json_atomic(out / "summary.json", summary)
     D.barrier(info)
     D.cleanup(info)
     return summary
