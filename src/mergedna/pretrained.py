@@ -21,7 +21,7 @@ from torch import nn
 
 from . import __version__
 from .config import MergeDNAConfig
-from .seqio import SequenceFileError, atomic_write_dir
+from .seqio import SequenceFileError, atomic_write_dir, follow_umask
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -31,11 +31,12 @@ log = logging.getLogger(__name__)
 
 
 def _groups(keys) -> str:
-    """``a.b.*`` groups of tensor names, for one-line reports."""
-    groups: dict[str, int] = {}
+    """Module groups of tensor names (``classifier.*``, ``mergedna.latent_encoder.*``) for one-line reports."""
+    groups = set()
     for k in keys:
         parts = k.split(".")
-        groups[".".join(parts[:2]) + ".*" if len(parts) > 2 else k] = groups.get(k, 0) + 1
+        depth = 2 if parts[0] == ENCODER_PREFIX[:-1] else 1
+        groups.add(".".join(parts[:depth]) + ".*" if len(parts) > depth else k)
     return ", ".join(sorted(groups))
 
 
@@ -80,6 +81,7 @@ class MergeDNAPreTrainedModel(nn.Module):
         config = {**self.config.to_dict(), "model_type": "mergedna",
                   "architectures": [type(self).__name__], "mergedna_version": __version__}
         save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+        follow_umask(directory / WEIGHTS_NAME)  # safetensors writes 0600 whatever the umask
         (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True))
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:

@@ -45,7 +45,7 @@ from .vocab import PAD, InvalidSequenceError, SequenceFileError, encode_bytes
 __all__ = ["SequenceFileError", "InvalidSequenceError", "open_binary", "open_text", "read_errors", "is_gzip",
            "iter_fasta_pieces", "iter_fasta_records", "iter_fasta", "record_name", "parse_region", "union_intervals", "chunk_layout", "chunk_starts",
            "pad_batch", "atomic_path", "write_text_atomic", "write_json_atomic", "atomic_write_dir",
-           "remove_stale_temps"]
+           "remove_stale_temps", "follow_umask"]
 
 GZIP_MAGIC = b"\x1f\x8b"
 CHUNK_BYTES = 1 << 24  # 16 MiB of FASTA text per read
@@ -364,6 +364,25 @@ def atomic_write_dir(target: str | os.PathLike, write_fn: Callable[[Path], None]
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+def current_umask() -> int:
+    """The process umask (read from /proc where it can be, without changing it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(path: str | os.PathLike) -> None:
+    """Give a file written by a library that picks its own mode (safetensors: 0600) the mode
+    ``open`` would have given it: 0666 minus the umask."""
+    os.chmod(path, 0o666 & ~current_umask())
 
 
 def _alive(pid: int) -> bool:
