@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from .config import PRESETS, MergeDNAConfig, preset
+from .config import PRESETS, preset
 
 
 def _module_counts(model) -> dict[str, int]:
@@ -28,10 +28,9 @@ def cmd_info(args) -> int:
     from .model import MergeDNAForPretraining
 
     if args.model:
-        from .pretrained import CONFIG_NAME
-        from pathlib import Path
-        cfg = MergeDNAConfig.from_dict(json.loads((Path(args.model) / CONFIG_NAME).read_text()))
-        title = args.model
+        from .pretrained import load_config
+
+        cfg, title = load_config(args.model), args.model
     else:
         cfg, title = preset(args.preset), f"preset {args.preset!r}"
     with torch.device("meta"):  # count without allocating weights

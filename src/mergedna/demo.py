@@ -21,6 +21,7 @@ from pathlib import Path
 
 from .config import PRESETS
 from .precision import resolve
+from .seqio import write_text_atomic
 
 ECOLI_RECORD = "K-12-MG1655"
 ECOLI_LENGTH = 4_639_675
@@ -76,7 +77,7 @@ def cmd_demo(args) -> int:
     report = (f"# MergeDNA demo\n\nUCI splice junctions (3 classes, 60 bp), fixed stratified 80/10/10 split "
               f"(split seed 0), training seed {args.seed}, test set evaluated once:\n\n{table}\n\n"
               f"Total time {minutes:.1f} min.\n")
-    (out / "REPORT.md").write_text(report)
+    write_text_atomic(out / "REPORT.md", report)
     print("\n" + report)
     print(f"Everything is in {out}/: pretrain/ (model, metrics.jsonl, curves.png), finetune_pretrained/, "
           f"finetune_scratch/, segment/ (tokens.tsv, PNG), REPORT.md")

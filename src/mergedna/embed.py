@@ -206,7 +206,7 @@ def embed_file(model, input_path: str | os.PathLike, out_path: str | os.PathLike
         if kind == ".npy":
             side_tmp = stack.enter_context(atomic_path(ids_path))  # renamed before the array
             shape = (total if per_base else n, dim)
-            _reserve(tmp, 128 + 4 * shape[0] * shape[1])  # ENOSPC now, not SIGBUS in the memmap later
+            _reserve(tmp, 128 + 4 * shape[0] * shape[1], out_path)  # ENOSPC now, not SIGBUS in the memmap later
             array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
             offset = 0
             with open(side_tmp, "w") as side:
@@ -227,15 +227,15 @@ def embed_file(model, input_path: str | os.PathLike, out_path: str | os.PathLike
             "ids": str(ids_path) if ids_path else None}
 
 
-def _reserve(path: Path, size: int) -> None:
+def _reserve(path: Path, size: int, target: Path) -> None:
     """Allocate ``size`` bytes for ``path`` on disk (where the filesystem can), so that a full disk
-    fails here with ENOSPC instead of killing a memory-mapped write with SIGBUS."""
+    fails here with ENOSPC (naming ``target``) instead of killing a memory-mapped write with SIGBUS."""
     with open(path, "wb") as fh:
         try:
             os.posix_fallocate(fh.fileno(), 0, size)
         except OSError as err:
             if err.errno not in (95, 22):  # EOPNOTSUPP/EINVAL: the filesystem cannot preallocate
-                raise
+                raise OSError(err.errno, f"{err.strerror} (needs {size / 1e6:,.0f} MB)", str(target)) from None
 
 
 def _write_parquet(path: Path, stream, lengths: list[int], dim: int, per_base: bool, rows_per_group: int = 4096):

@@ -23,8 +23,10 @@ only), linear warm-up then linear or cosine decay, gradient clipping, and ``prec
 autocast where the CPU multiplies bf16 natively, fp32 elsewhere (:mod:`mergedna.precision`; the
 run's ``metrics.json`` records which).
 
-Output directory: ``metrics.json`` (written last and atomically: its presence means the run
-finished), ``model/`` (``save_pretrained``), ``dev_curve.png`` and ``test_predictions.tsv``.
+Output directory (a new folder or one holding no run, :mod:`mergedna.runs`): ``run.json`` (written
+first: settings and provenance), ``model/`` (``save_pretrained``, rewritten each time dev improves, so a
+failure late in a run keeps the best model so far), then ``dev_curve.png``, ``test_predictions.tsv``
+and ``metrics.json`` (written last and atomically: its presence means the run finished).
 Metrics: MCC, accuracy, macro-F1 and AUROC (binary: the positive class's probability;
 multiclass: one-vs-rest macro; ``None`` when undefined, e.g. one class only).
 """

@@ -26,6 +26,7 @@ carries ``file``, ``record``, ``line`` and ``position`` (each ``None`` when unkn
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import io
 import json
@@ -310,6 +311,15 @@ def pad_batch(arrays: list, pad_to_multiple_of: int | None = None) -> tuple[torc
 # ---- atomic writing ------------------------------------------------------------------------------
 
 
+def _make_parent(path: Path) -> None:
+    for parent in (path.parent, *path.parent.parents):  # a file in the way: say so, not "File exists"
+        if parent.exists():
+            if not parent.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, "a file stands where a folder is needed", str(parent))
+            break
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+
 def _temp_sibling(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
 
@@ -320,7 +330,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     ``path``, on any failure deleted. Whatever creates the file there (``open``, numpy, pyarrow)
     creates it with the umask's mode."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_parent(path)
     tmp = _temp_sibling(path)
     try:
         yield tmp
@@ -346,7 +356,7 @@ def atomic_write_dir(target: str | os.PathLike, write_fn: Callable[[Path], None]
     ``target`` (replacing an existing one). A crash leaves the old ``target`` or the new one,
     plus at most a temporary that :func:`remove_stale_temps` deletes later."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    _make_parent(target)
     tmp = _temp_sibling(target)
     tmp.mkdir()
     old = None
