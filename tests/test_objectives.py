@@ -1,4 +1,4 @@
-"""The three pretraining passes (SPEC §7) and their ablation switches."""
+"""The three pretraining passes (docs/method.md §7) and their ablation switches."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""The MergeDNA model: the four modules of the paper (SPEC §3–6), top to bottom.
+"""The MergeDNA model: the four modules of the paper (docs/method.md §3–6), top to bottom.
 
     bases (B, N) ──Local Encoder φ──▶ tokens (B, L, D) ──Latent Encoder ψ──▶ (B, L, D) [or (B, K, D) merged]
        ▲                         (local attention + merge)      (full attention, optional global merge)

@@ -1,4 +1,4 @@
-"""Pretraining objectives (SPEC §7): MTR, latent MTR and AMTM, and the ablations.
+"""Pretraining objectives (docs/method.md §7): MTR, latent MTR and AMTM, and the ablations.
 
 Per step, with φ the Local Encoder (the tokenizer):
 
@@ -8,12 +8,13 @@ Per step, with φ the Local Encoder (the tokenizer):
 2. **Latent MTR** (φ frozen: pass 1's Local Encoder output, detached): Latent Encoder *with*
    ToMe global merging to K = L/2, un-merge to L, decoders, cross-entropy; weight λ.
 3. **AMTM** (all parameters): from pass 2's groups each local token j in group i weighs 1/g_i²;
-   exactly K local tokens are drawn without replacement in proportion (Gumbel top-K); every
-   base of a chosen token (through pass 1's ``assign``) becomes MASK; the whole model runs
-   again without latent merging; cross-entropy on masked non-N bases only.
+   masked spans are drawn in base coordinates from those weights (content-blind edges; the
+   paper's "mask the drawn tokens" is ``mask_spans="tokens"``); the masked input is tokenized
+   with visible and masked bases apart, each at the step's ratio; the whole model runs again
+   without latent merging; cross-entropy on masked non-N bases only.
 
 Total = L_MTR + λ·L_latent + L_AMTM. Randomness (the ratio, the Gumbel noise) comes from a
-generator seeded by (seed, step), so a resumed run reproduces the uninterrupted one exactly.
+generator seeded by (seed, step, rank), so a resumed run reproduces the uninterrupted one exactly.
 
 The module wraps the model so that one ``forward`` runs all passes: that is what
 ``DistributedDataParallel`` needs to synchronise gradients.
