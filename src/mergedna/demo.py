@@ -63,9 +63,10 @@ def cmd_demo(args) -> int:
     _run(["pretrain", "--fasta", fasta, "--val", val, "--preset", args.preset, "--window", str(args.window),
           "--batch-size", "8", "--steps", str(args.pretrain_steps), "--warmup", "20", "--lr", "2e-3",
           "--time-limit", str(args.pretrain_minutes), "--val-every", "50", "--val-windows", "16",
-          "--ckpt-every", "100", "--log-every", "5", "--seed", str(args.seed), "--out", str(out / "pretrain")])
+          "--ckpt-every", "100", "--log-every", "5", "--seed", str(args.seed), "--out", str(out / "pretrain"),
+          "--overwrite"])  # the demo's own folders: a second `make demo` starts them again
     common = ["--task", splice, "--layout", "csv", "--seed", str(args.seed), "--epochs", str(args.epochs),
-              "--lr", str(args.lr), "--batch-size", "32", "--patience", "0"]
+              "--lr", str(args.lr), "--batch-size", "32", "--patience", "0", "--overwrite"]
     _run(["finetune", "--model", str(out / "pretrain" / "model"), *common, "--out", str(out / "finetune_pretrained")])
     _run(["finetune", "--preset", args.preset, *common, "--out", str(out / "finetune_scratch")])
     rows = {f"MergeDNA-{args.preset}, pretrained on E. coli": out / "finetune_pretrained" / "metrics.json",
