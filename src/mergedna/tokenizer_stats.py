@@ -30,7 +30,9 @@ parallelism, over processes; :func:`summarise` turns them into rates at the end.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -122,6 +124,18 @@ def untrained_encoder(config, seed: int):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return MergeDNAForPretraining(config).mergedna.eval()
+
+
+def reference_seed(model_dir: str | None, seed: int | None) -> tuple[int, str]:
+    """The init seed of the untrained reference: ``seed`` if given, else the ``train.seed`` of the
+    ``run_config.json`` beside (or above) the checkpoint, else 0."""
+    if seed is not None:
+        return seed, "given"
+    if model_dir:
+        for cand in (Path(model_dir) / "run_config.json", Path(model_dir).parent / "run_config.json"):
+            if cand.is_file():
+                return int(json.loads(cand.read_text())["train"]["seed"]), str(cand)
+    return 0, "default (no run_config.json found)"
 
 
 def baseline_assigns(ids: torch.Tensor, base_mask: torch.Tensor, config, ratio) -> dict[str, torch.Tensor]:

@@ -6,8 +6,6 @@ the model's ``max_length`` unless ``--window``, the last one shorter)."""
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,7 +15,7 @@ from .embed import load_encoder
 from .precision import PRECISIONS, autocast
 from .provenance import run_metadata, write_json_atomic
 from .segment import iter_regions
-from .tokenizer_stats import diagnose_batches, untrained_encoder
+from .tokenizer_stats import diagnose_batches, reference_seed, untrained_encoder
 from .vocab import PAD
 
 LABELS = {"model": "model", "untrained": "untrained (same seed)", "run_length": "run-length, same budget",
@@ -33,18 +31,6 @@ def window_batches(pieces: list[np.ndarray], window: int, batch_size: int):
         for b, w in enumerate(part):
             batch[b, : len(w)] = torch.from_numpy(w.astype(np.int64))
         yield batch
-
-
-def reference_seed(model_dir: str | None, seed: int | None) -> tuple[int, str]:
-    """The init seed of the untrained reference: ``seed`` if given, else the ``train.seed`` of the
-    ``run_config.json`` beside (or above) the checkpoint, else 0."""
-    if seed is not None:
-        return seed, "--reference-seed"
-    if model_dir:
-        for cand in (Path(model_dir) / "run_config.json", Path(model_dir).parent / "run_config.json"):
-            if cand.is_file():
-                return int(json.loads(cand.read_text())["train"]["seed"]), str(cand)
-    return 0, "default (no run_config.json found)"
 
 
 def format_table(summary: dict) -> list[str]:
