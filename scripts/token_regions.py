@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from mergedna.embed import load_encoder
@@ -113,7 +114,7 @@ def main(argv=None) -> int:
     except ValueError as err:
         print(f"token_regions: error: {err}", file=sys.stderr)
         return 2
-    lab_w = labels[starts[:, None] + torch.arange(window).numpy()[None, :]]
+    lab_w = labels[starts[:, None] + np.arange(window)[None, :]]
     bases = class_bases(lab_w)
     out = Path(args.results_dir) / args.name
     meta = run_metadata(shlex.join([sys.executable, *sys.argv]))

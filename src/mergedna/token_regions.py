@@ -177,7 +177,7 @@ def tokenize_windows(tokenize, batch: torch.Tensor, batch_size: int) -> torch.Te
 def region_table(tokenizers: dict, ids: np.ndarray, labels: np.ndarray, starts: np.ndarray, window: int,
                  batch_size: int = 32, n_boot: int = 1000, seed: int = 0) -> dict[str, dict]:
     """Mean token length per class for each ``tokenizers[label] = fn(ids, base_mask) -> assign`` on
-    the windows at ``starts`` (``labels`` the class per base of ``ids``); also each class's bases."""
+    the windows at ``starts`` (``labels`` the class per base of ``ids``)."""
     batch = window_batch(ids, starts, window)  # (W, window)
     lab = labels[starts[:, None] + np.arange(window)[None, :]]  # (W, window)
     table = {}
