@@ -51,7 +51,8 @@ def test_counts_and_rates_on_hand_made_tokenizations():
     assert ts.boundary_f1(MODEL, PAIRS2, MASK) == pytest.approx(4 / 9)
     assert torch.equal(ts.boundaries(ts.fixed_span_assign(MASK, 2), MASK), ts.boundaries(PAIRS2, MASK))
     row = ts.flat_row(s)
-    assert row["tok_mean_token_length"] == pytest.approx(12 / 7) and row["tok_pairs_f1_vs_model"] == pytest.approx(4 / 9)
+    assert row["tok_mean_token_length"] == pytest.approx(12 / 7)
+    assert row["tok_pairs_f1_vs_model"] == pytest.approx(4 / 9)
 
 
 def runs_collapsed(seq: str) -> str:
