@@ -192,6 +192,7 @@ def pretrain(cfg: TrainConfig) -> dict:
         start = int(state["step"])
     model.to(info.device)
     objective = MergeDNAPretrainer(model, obj_cfg)
+    obj_cfg = objective.objective  # with the ratio's mean and clip resolved from the model's merge_ratio
     apply_block_options(model, compile=cfg.compile, activation_checkpointing=cfg.activation_checkpointing)
     wrapped = D.wrap_model(objective, info, cfg.strategy)
     optimizer = make_optimizer(model, cfg)
@@ -307,7 +308,7 @@ def validate(wrapped, sampler: GenomeSampler, cfg: TrainConfig, info) -> dict:
     module = wrapped.module if hasattr(wrapped, "module") else wrapped
     was_training = module.training
     module.eval()
-    ratio = module.cfg.ratio_mean
+    ratio = module.objective.ratio_mean
     sums, n = None, 0
     for i, ids in enumerate(sampler.val_batches(cfg.val_windows, cfg.batch_size)):
         with autocast(cfg.bf16, info.device):
