@@ -227,9 +227,20 @@ def segment_fasta(encoder: MergeDNAModel, fasta, regions: list[str] | None = Non
     """Segment every record of ``fasta``, or only ``regions`` (``rec`` or ``rec:start-end``, 1-based
     inclusive), in file order. A region text that is itself a record's name (``20:59001-61000`` in
     a sliced FASTA) means that whole record, as in samtools. ``progress`` shows a bar in bases."""
-    parsed = {text: parse_region(text) for text in regions or []}
-    out, done, names = [], set(), []
+    out = []
     bar = tqdm(unit="bp", unit_scale=True, desc="segment", disable=not progress, delay=2)
+    for name, s, ids in iter_regions(fasta, regions):
+        starts, ends = segment_ids(encoder, ids, merge_ratio=merge_ratio, batch_size=batch_size, progress=bar.update)
+        out.append(Segmentation(name, s, ids, starts + s, ends + s))
+    bar.close()
+    return out
+
+
+def iter_regions(fasta, regions: list[str] | None = None):
+    """Yield ``(record, start, ids)`` for every record of ``fasta``, or only ``regions`` (as in
+    :func:`segment_fasta`), in file order; ``start`` is 0-based in the record."""
+    parsed = {text: parse_region(text) for text in regions or []}
+    done, names = set(), []
     for name, ids in iter_fasta(fasta):
         names.append(name)
         spans = [(0, len(ids), name)] if not regions else []
@@ -240,16 +251,12 @@ def segment_fasta(encoder: MergeDNAModel, fasta, regions: list[str] | None = Non
         for s, e, text in spans:
             if e > len(ids):
                 raise ValueError(f"--region {text!r} ends after record {name!r} ({len(ids)} bases)")
-            starts, ends = segment_ids(encoder, ids[s:e], merge_ratio=merge_ratio, batch_size=batch_size,
-                                       progress=bar.update)
-            out.append(Segmentation(name, s, ids[s:e], starts + s, ends + s))
-    bar.close()
+            yield name, s, ids[s:e]
     missing = [text for text in parsed if text not in done]
     if missing:
         more = f" ... ({len(names)} in all)" if len(names) > 20 else ""
         raise ValueError(f"--region {', '.join(missing)}: no such record in {fasta}; the records are "
                          f"{', '.join(names[:20])}{more}")
-    return out
 
 
 def cmd_segment(args) -> int:

@@ -13,6 +13,7 @@ stop the run with the last good checkpoint intact.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import math
@@ -30,6 +31,7 @@ from ..precision import autocast, resolve
 from ..runs import check_checkpoint, claim_run_dir
 from ..seqio import atomic_write_dir, remove_stale_temps, write_json_atomic, write_text_atomic
 from ..provenance import run_metadata
+from ..tokenizer_stats import validation_row
 from ..objectives import MergeDNAPretrainer, ObjectiveConfig, step_generator
 from . import distributed as D
 from .checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -175,6 +177,7 @@ def pretrain(cfg: TrainConfig) -> dict:
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg)
+    untrained = copy.deepcopy(model.mergedna.local_encoder).to(info.device)  # tokenizer diagnostics' reference
     ckpt = latest_checkpoint(out) if cfg.resume else None
     if cfg.resume and ckpt is None and info.is_main:
         print(f"--resume: no checkpoint under {out}/checkpoints, starting from scratch")
@@ -265,6 +268,11 @@ def pretrain(cfg: TrainConfig) -> dict:
         last = done == cfg.steps or out_of_time
         if done % cfg.val_every == 0 or last:
             row = validate(wrapped, val_sampler, cfg, info)
+            if not (info.enabled and cfg.strategy == "fsdp"):  # FSDP shards φ: it cannot run outside the root
+                with autocast(cfg.bf16, info.device):  # pass 1's tokenization at the mean ratio, as validate runs it
+                    row |= validation_row(model.mergedna.local_encoder, untrained,
+                                          val_sampler.val_batches(cfg.val_windows, cfg.batch_size),
+                                          obj_cfg.ratio_mean, reduce=lambda t: D.all_reduce_sum(t, info))
             log.write({"split": "val", "step": done, **row})
             if info.is_main:
                 plot_curves(out / "metrics.jsonl", out / "curves.png")
