@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import FIXTURES, REPO
-from mergedna.data.fasta import iter_fasta
+from mergedna.seqio import iter_fasta
 from mergedna.token_regions import (CLASSES, N_CLASS, bootstrap_means, call_repeats, class_labels, class_sums,
                                     read_refseq_exons, region_classes)
 from mergedna.vocab import encode

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 
 import torch
@@ -234,18 +235,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Report(logging.Handler):
+    """Library log lines (what a checkpoint load kept, dropped and added) as ``mergedna <cmd>: ...`` on
+    stdout, whatever sys.stdout is now; stderr is for errors."""
+
+    def __init__(self, command: str):
+        super().__init__()
+        self.command = command
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"mergedna {self.command}: {record.getMessage()}", file=sys.stdout, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run a subcommand. Expected failures (bad input files, bad settings) print one line naming the
     file, record and position instead of a traceback; set MERGEDNA_DEBUG=1 to see the traceback."""
     import os
 
-    import logging
-
     args = build_parser().parse_args(argv)
-    handler = logging.StreamHandler(sys.stderr)  # what --model / --init-from loaded, in one line
-    handler.setFormatter(logging.Formatter(f"mergedna {args.command}: %(message)s"))
-    logging.getLogger("mergedna.pretrained").addHandler(handler)
-    logging.getLogger("mergedna.pretrained").setLevel(logging.INFO)
+    logger = logging.getLogger("mergedna.pretrained")  # what --model / --init-from loaded, in one line
+    logger.handlers = [h for h in logger.handlers if not isinstance(h, _Report)] + [_Report(args.command)]
+    logger.setLevel(logging.INFO)
     try:
         return args.func(args)
     except (OSError, ValueError, KeyError) as err:
