@@ -254,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     logger = logging.getLogger("mergedna.pretrained")  # what --model / --init-from loaded, in one line
-    logger.handlers = [h for h in logger.handlers if not isinstance(h, _Report)] + [_Report(args.command)]
+    report, level = _Report(args.command), logger.level
+    logger.addHandler(report)
     logger.setLevel(logging.INFO)
     try:
         return args.func(args)
@@ -269,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
             msg = err
         print(f"mergedna {args.command}: error: {msg}", file=sys.stderr)
         return 2
+    finally:  # only while a command runs: library calls stay silent
+        logger.removeHandler(report)
+        logger.setLevel(level)
 
 
 if __name__ == "__main__":
