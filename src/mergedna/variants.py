@@ -58,13 +58,21 @@ def load_scoring_model(directory: str | os.PathLike) -> MergeDNAForPretraining:
     fill them with random weights and the scores would mean nothing."""
     from safetensors import safe_open
 
-    model = MergeDNAForPretraining.from_pretrained(directory)
-    with safe_open(str(Path(directory) / WEIGHTS_NAME), framework="pt") as fh:
+    path = Path(directory) / WEIGHTS_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: is {directory} a mergedna checkpoint (made by save_pretrained)?")
+    with safe_open(str(path), framework="pt") as fh:
         stored = set(fh.keys())
+    needed = ("lm_head.", "local_decoder.", "latent_decoder.", "mergedna.")
+    lacking = [p.rstrip(".") for p in needed if not any(k.startswith(p) for k in stored)]
+    if lacking:
+        raise ValueError(f"{directory}: not a pretraining checkpoint: it has no {', '.join(lacking)} weights; "
+                         "zero-shot scores need the whole pretraining model (decoders and base head)")
+    model = MergeDNAForPretraining.from_pretrained(directory)
     missing = sorted(set(model.state_dict()) - stored)
     if missing:
-        raise ValueError(f"{directory}: not a pretraining checkpoint: {len(missing)} weights of the decoders or "
-                         f"base head are missing (e.g. {missing[0]}); zero-shot scores need them")
+        raise ValueError(f"{directory}: not a whole pretraining checkpoint: {len(missing)} weights missing "
+                         f"(e.g. {missing[0]}); zero-shot scores need them all")
     return model.eval()
 
 
