@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
 # Zero-shot variant effects on the 1,200 BRCA1 SGE SNVs (../shared/data/brca1): each pretraining
-# checkpoint given, plus an untrained `tiny` model (random weights, seed $SEED) as the floor, scored with
+# checkpoint given, plus untrained `tiny` models (random weights, seeds $SEEDS) as the floor, scored with
 # `mergedna score-variants --rc-average` (window = each model's max_length), then one AUROC table
 # (LOF vs FUNC + INT; overall, coding, non-coding) beside CADD and phyloP from the VCF's INFO.
 #   usage: bash scripts/variants_brca1.sh [NAME=]MODEL_DIR ...
 #     e.g. bash scripts/variants_brca1.sh /work/main/runs/tok15/{learned,detached,fixed}/model
 #   A model's name is NAME if given, else its folder's name (its parent's when the folder is `model`).
-#   Environment: OUT (default results/variants/brca1), DATA (../shared/data/brca1), SEED (0),
+#   Environment: OUT (default results/variants/brca1), DATA (../shared/data/brca1), SEEDS ("0 1 2"),
 #   MERGEDNA (the command, default .venv/bin/mergedna).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-results/variants/brca1}"
 DATA="${DATA:-../shared/data/brca1}"
-SEED="${SEED:-0}"
+SEEDS="${SEEDS:-0 1 2}"
 read -r -a MERGEDNA <<< "${MERGEDNA:-.venv/bin/mergedna}"
 export OMP_NUM_THREADS=1
 COMMON=(--fasta "$DATA/GRCh38_chr17_BRCA1_region.fa.gz" --vcf "$DATA/findlay2018_brca1_RING_exons2-5.vcf"
@@ -20,9 +20,11 @@ COMMON=(--fasta "$DATA/GRCh38_chr17_BRCA1_region.fa.gz" --vcf "$DATA/findlay2018
 mkdir -p "$OUT/scores"
 names=() files=()
 
-name="tiny_untrained_seed$SEED"
-"${MERGEDNA[@]}" score-variants --preset tiny --seed "$SEED" "${COMMON[@]}" --out "$OUT/scores/$name.tsv"
-names+=("$name") files+=("$OUT/scores/$name.tsv")
+for seed in $SEEDS; do
+    name="tiny_untrained_seed$seed"
+    "${MERGEDNA[@]}" score-variants --preset tiny --seed "$seed" "${COMMON[@]}" --out "$OUT/scores/$name.tsv"
+    names+=("$name") files+=("$OUT/scores/$name.tsv")
+done
 
 for arg in "$@"; do
     if [[ "$arg" == *=* ]]; then
