@@ -271,3 +271,29 @@ def test_reference_predictor_aurocs_reproduce_the_data_readme():
     assert round(res["auroc"]["PHYLOP"]["all"]["auroc"], 3) == 0.755
     assert cadd["all"]["n_pos"] == 273 and cadd["all"]["n_neg"] == 927
     assert res["auroc"]["none"]["all"]["auroc"] == 0.5  # a constant score: all ties
+
+
+def test_base_mask_is_antisymmetric_in_ref_and_alt(tmp_path, capsys):
+    """With --mask base the masked input holds nothing of REF, so writing the variant the other way round
+    (ALT in the reference, REF as the allele) negates the score exactly; the token mask depends on REF
+    through the tokenization of the reference window, and does not."""
+    name = f"chr17:{REGION_START}-{REGION_START + 2999}"
+    seq = list(read_fasta_simple(FASTA)[name])
+    recs, back = [], []
+    for pos, ref, alt in ((43104883, "C", "G"), (43106471, "T", "A")):  # more than a window apart
+        assert seq[pos - REGION_START] == ref
+        seq[pos - REGION_START] = alt
+        recs.append(["chr17", pos, ".", ref, alt, ".", ".", "."])
+        back.append(["chr17", pos, ".", alt, ref, ".", ".", "."])
+    alt_fa = tmp_path / "alt.fa"
+    alt_fa.write_text(f">{name}\n" + "".join(seq) + "\n")
+    (tmp_path / "fwd.vcf").write_text(vcf_text(recs))
+    (tmp_path / "back.vcf").write_text(vcf_text(back))
+    gaps = {}
+    for mode in ("base", "token"):
+        _, a, _ = score(tmp_path, capsys, "--mask", mode, "--rc-average", vcf=tmp_path / "fwd.vcf", name=f"a_{mode}.tsv")
+        _, b, _ = score(tmp_path, capsys, "--mask", mode, "--rc-average", vcf=tmp_path / "back.vcf", fasta=alt_fa,
+                        name=f"b_{mode}.tsv")
+        gaps[mode] = max(abs(float(x["llr"]) + float(y["llr"])) for x, y in zip(rows(a), rows(b)))
+    assert gaps["base"] < 1e-5
+    assert gaps["token"] > 1e-3

@@ -8,10 +8,12 @@
    off an end of the record, ``edge="shift"`` (default) slides it inside the record (the
    variant is then off-centre; a record shorter than the window is used whole) and
    ``edge="pad"`` keeps it centred and fills the missing bases with ``N``.
-2. *Mask the variant's token.* The window (reference bases) goes through the encoder in eval
-   mode (``model.mergedna``, the model's ``merge_ratio``); ``assign`` names the token holding p,
-   and every base of that token becomes ``MASK`` — MergeDNA masks whole tokens in pretraining
-   (AMTM), so the bases merged with p would otherwise give it away.
+2. *Mask the variant's token* (``mask="token"``, default). The window (reference bases) goes
+   through the encoder in eval mode (``model.mergedna``, the model's ``merge_ratio``); ``assign``
+   names the token holding p, and every base of that token becomes ``MASK`` — the paper's AMTM masks
+   whole tokens, so the bases merged with p would otherwise give it away. ``mask="base"`` masks p
+   alone: the masked input then holds nothing of REF, whereas the token's extent is computed on the
+   REF window and so depends on REF (docs/variant_scoring.md).
 3. *Read the head.* The masked window goes through the whole model (re-tokenized, as in the
    AMTM pass); ``log_softmax`` of the 4 base logits at p gives ``log P(b)``.
 4. ``llr_fwd = log P(ALT) − log P(REF)``. With ``rc_average`` the same is done on the reverse
@@ -50,6 +52,7 @@ from .provenance import write_text_atomic
 from .vocab import MASK, N, PAD, reverse_complement
 
 EDGES = ("shift", "pad")
+MASKS = ("token", "base")
 
 
 def load_scoring_model(directory: str | os.PathLike) -> MergeDNAForPretraining:
@@ -101,9 +104,12 @@ def context_window(ids: np.ndarray, offset: int, window: int, edge: str = "shift
 
 @torch.no_grad()
 def masked_log_probs(model: MergeDNAForPretraining, windows: list[np.ndarray], centres: list[int],
-                     precision: str = "fp32") -> np.ndarray:
-    """``log P(base)`` (B, 4) at ``centres[b]`` of ``windows[b]`` with the token holding it masked
-    (module docstring, steps 2–3). One encoder and one full forward for the whole batch."""
+                     precision: str = "fp32", mask_mode: str = "token") -> np.ndarray:
+    """``log P(base)`` (B, 4) at ``centres[b]`` of ``windows[b]`` with the token holding it (or, with
+    ``mask_mode="base"``, that base alone) masked (module docstring, steps 2–3). One encoder and one
+    full forward for the whole batch (the full forward only with ``"base"``)."""
+    if mask_mode not in MASKS:
+        raise ValueError(f"mask must be one of {MASKS}, got {mask_mode!r}")
     lengths = torch.tensor([len(w) for w in windows])
     ids = torch.full((len(windows), int(lengths.max())), PAD, dtype=torch.long)  # (B, N)
     for b, w in enumerate(windows):
@@ -112,9 +118,13 @@ def masked_log_probs(model: MergeDNAForPretraining, windows: list[np.ndarray], c
     centre = torch.tensor(centres)
     rows = torch.arange(len(windows))
     with autocast(precision):
-        assign = model.mergedna(ids, mask).assign  # (B, N) base -> token
-        token = assign[rows, centre]  # (B,) the token holding the variant
-        masked = (assign == token[:, None]) & mask  # (B, N) every base of that token
+        if mask_mode == "token":
+            assign = model.mergedna(ids, mask).assign  # (B, N) base -> token
+            token = assign[rows, centre]  # (B,) the token holding the variant
+            masked = (assign == token[:, None]) & mask  # (B, N) every base of that token
+        else:
+            masked = torch.zeros_like(mask)
+            masked[rows, centre] = True  # (B, N) the variant's base alone
         logits = model(ids.masked_fill(masked, MASK), mask).logits  # (B, N, 4)
     return torch.log_softmax(logits[rows, centre].float(), dim=-1).numpy()
 
@@ -155,7 +165,7 @@ def _check_variants(vs, ref: RegionReference, skip_ref_mismatch: bool, skip_outs
 
 
 def score_variants(model: MergeDNAForPretraining, fasta: str | os.PathLike, vcf: str | os.PathLike,
-                   window: int | None = None, rc_average: bool = False, edge: str = "shift",
+                   window: int | None = None, rc_average: bool = False, edge: str = "shift", mask: str = "token",
                    skip_ref_mismatch: bool = False, skip_outside: bool = False, batch_size: int = 16,
                    precision: str = "fp32", progress: bool = True) -> VariantScores:
     """Score every SNV of ``vcf`` against ``fasta`` (module docstring). All input checks (REF,
@@ -185,7 +195,7 @@ def score_variants(model: MergeDNAForPretraining, fasta: str | os.PathLike, vcf:
                 w, c = reverse_complement(w), len(w) - 1 - c
             windows.append(w)
             centres.append(c)
-        for job, lp in zip(part, masked_log_probs(model, windows, centres, precision)):
+        for job, lp in zip(part, masked_log_probs(model, windows, centres, precision, mask)):
             logp[job] = lp
             if job[1] == strands[-1]:
                 bar.update(done_sites[job[0]])
@@ -201,7 +211,7 @@ def score_variants(model: MergeDNAForPretraining, fasta: str | os.PathLike, vcf:
     total = time.perf_counter() - t0
     summary = {"vcf": str(vcf), "fasta": str(fasta), "records": vs.records, "scored": len(kept),
                "positions": len(sites), "forwards": len(jobs), "skipped": dict(sorted(skipped.items())),
-               "window": window, "context_bases": 2 * ((window - 1) // 2) + 1, "edge": edge,
+               "window": window, "context_bases": 2 * ((window - 1) // 2) + 1, "edge": edge, "mask": mask,
                "rc_average": rc_average, "merge_ratio": model.config.merge_ratio, "precision": precision,
                "batch_size": batch_size, "model_seconds": model_seconds, "seconds": total,
                "variants_per_s": len(kept) / model_seconds if model_seconds > 0 else None}

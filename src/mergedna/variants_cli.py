@@ -11,7 +11,7 @@ from pathlib import Path
 from .config import PRESETS
 from .precision import PRECISIONS, resolve
 from .provenance import run_metadata, write_json_atomic, write_text_atomic
-from .variants import (EDGES, evaluate, load_scoring_model, markdown_table, random_scoring_model, read_scores,
+from .variants import (EDGES, MASKS, evaluate, load_scoring_model, markdown_table, random_scoring_model, read_scores,
                        score_variants, write_scores)
 
 
@@ -26,7 +26,7 @@ def cmd_score_variants(args) -> int:
         model, source = random_scoring_model(args.preset, args.seed), {"preset": args.preset, "seed": args.seed}
         print(f"note: preset {args.preset!r} with random weights (seed {args.seed}): an untrained floor")
     scores = score_variants(model, args.fasta, args.vcf, window=args.window, rc_average=args.rc_average,
-                            edge=args.edge, skip_ref_mismatch=args.skip_ref_mismatch, skip_outside=args.skip_outside,
+                            edge=args.edge, mask=args.mask, skip_ref_mismatch=args.skip_ref_mismatch, skip_outside=args.skip_outside,
                             batch_size=args.batch_size, precision=resolve(args.precision), progress=not args.no_progress)
     write_scores(scores, args.out)
     s = scores.summary
@@ -79,6 +79,7 @@ def cmd_eval_variants(args) -> int:
             s, rm = run["summary"], run["meta"]
             src = run["model"].get("checkpoint") or f"preset {run['model']['preset']} random init, seed {run['model']['seed']}"
             lines.append(f"- {name}: {src}; window {s['window']} ({s['context_bases']} bases), edge {s['edge']}, "
+                         f"mask {s.get('mask', 'token')}, "
                          f"rc_average {s['rc_average']}, {s['precision']}; {s['scored']} SNVs, "
                          f"{s['variants_per_s']:.1f} variants/s ({s['model_seconds']:.1f} s in the model, "
                          f"{rm['machine']['torch_threads']} thread(s)); `{rm['command']}`; {rm['date']}, commit "
@@ -110,6 +111,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--rc-average", action="store_true", help="average the score over both strands")
     p.add_argument("--edge", choices=EDGES, default="shift",
                    help="a window running off a record end: shift it inside (default) or pad with N")
+    p.add_argument("--mask", choices=MASKS, default="token",
+                   help="what is masked: the token holding the variant (default, as the paper's AMTM) or its base "
+                        "alone (the masked input then holds nothing of REF)")
     p.add_argument("--skip-ref-mismatch", action="store_true",
                    help="count and skip variants whose REF differs from the FASTA (default: error)")
     p.add_argument("--skip-outside", action="store_true",
