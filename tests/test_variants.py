@@ -123,10 +123,13 @@ def test_hand_computed_llr_matches_the_command(tmp_path, capsys, checkpoint):
         ids = torch.from_numpy(encode(text).astype(np.int64))[None]  # (1, 199), variant at 99
         with torch.no_grad():
             assign = model.mergedna(ids).assign[0]
-            masked = ids.clone()
-            masked[0, assign == assign[99]] = MASK
-            sizes.append(int((assign == assign[99]).sum()))
-            logp = torch.log_softmax(model(masked).logits[0, 99], -1)
+            hit = (assign == assign[99])[None]  # (1, 199): the bases of the variant's token
+            sizes.append(int(hit.sum()))
+            # pass-3 tokenization: masked and visible bases as two segments, each at the merge ratio
+            local = model.mergedna.local_encoder(ids.masked_fill(hit, MASK), torch.ones_like(hit), 0.5,
+                                                 segments=hit.long())
+            latent = model.mergedna.latent_encoder(local.tokens)
+            logp = torch.log_softmax(model.decode(latent.tokens.z, local)[0, 99], -1)
         return float(logp["ACGT".index(alt)] - logp["ACGT".index(ref)])
 
     sizes = []

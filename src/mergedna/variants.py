@@ -14,8 +14,9 @@
    whole tokens, so the bases merged with p would otherwise give it away. ``mask="base"`` masks p
    alone: the masked input then holds nothing of REF, whereas the token's extent is computed on the
    REF window and so depends on REF (docs/variant_scoring.md).
-3. *Read the head.* The masked window goes through the whole model (re-tokenized, as in the
-   AMTM pass); ``log_softmax`` of the 4 base logits at p gives ``log P(b)``.
+3. *Read the head.* The masked window goes through the whole model, re-tokenized as pretraining's
+   AMTM pass does (``MergeDNAForPretraining.masked_logits``: masked and visible bases never share a
+   token, each compressed at the merge ratio); ``log_softmax`` of the 4 base logits at p gives ``log P(b)``.
 4. ``llr_fwd = log P(ALT) − log P(REF)``. With ``rc_average`` the same is done on the reverse
    complement of the window (the variant's base is then at ``len − 1 − p``, REF and ALT
    complemented) giving ``llr_rev``, and ``llr = (llr_fwd + llr_rev) / 2``; otherwise
@@ -125,7 +126,7 @@ def masked_log_probs(model: MergeDNAForPretraining, windows: list[np.ndarray], c
         else:
             masked = torch.zeros_like(mask)
             masked[rows, centre] = True  # (B, N) the variant's base alone
-        logits = model(ids.masked_fill(masked, MASK), mask).logits  # (B, N, 4)
+        logits, _ = model.masked_logits(ids, masked, mask)  # (B, N, 4), tokenized as pretraining's pass 3
     return torch.log_softmax(logits[rows, centre].float(), dim=-1).numpy()
 
 
