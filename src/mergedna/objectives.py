@@ -229,12 +229,13 @@ class MergeDNAPretrainer(nn.Module):
         """Replace the masked bases (B, N) by MASK, run the full model, score the masked non-N bases.
         With ``pass3_budget="visible"`` the masked and the visible bases are tokenized apart, each at the
         ratio, so visible DNA keeps pass 1's compression however much is masked."""
-        model = self.model
-        segments = masked.long() if self.objective.pass3_budget == "visible" and ratio is not None else None
-        enc = model.mergedna.local_encoder(input_ids.masked_fill(masked, MASK), local.base_mask, ratio,
-                                           segments=segments, lengths_cpu=local.lengths_cpu)
-        latent = model.mergedna.latent_encoder(enc.tokens)
-        logits = model.decode(latent.tokens.z, enc)
+        if self.objective.pass3_budget == "visible" and ratio is not None:
+            logits, enc = self.model.masked_logits(input_ids, masked, local.base_mask, ratio, local.lengths_cpu)
+        else:  # one budget for the whole masked window (the paper's wording; or no merging at all)
+            model = self.model.mergedna
+            enc = model.local_encoder(input_ids.masked_fill(masked, MASK), local.base_mask, ratio,
+                                      lengths_cpu=local.lengths_cpu)
+            logits = self.model.decode(model.latent_encoder(enc.tokens).tokens.z, enc)
         labels = input_ids.masked_fill(~masked, -100)
         edge = masked_edges(masked, local.base_mask)
         out = {name: base_cross_entropy(logits, labels),
