@@ -49,8 +49,8 @@ from .data.vcf import BASES, RegionReference, Variant, read_vcf
 from .model import MergeDNAForPretraining
 from .precision import autocast
 from .pretrained import WEIGHTS_NAME
-from .provenance import write_text_atomic
-from .vocab import MASK, N, PAD, reverse_complement
+from .seqio import pad_batch, write_text_atomic
+from .vocab import MASK, N, reverse_complement
 
 EDGES = ("shift", "pad")
 MASKS = ("token", "base")
@@ -111,11 +111,7 @@ def masked_log_probs(model: MergeDNAForPretraining, windows: list[np.ndarray], c
     full forward for the whole batch (the full forward only with ``"base"``)."""
     if mask_mode not in MASKS:
         raise ValueError(f"mask must be one of {MASKS}, got {mask_mode!r}")
-    lengths = torch.tensor([len(w) for w in windows])
-    ids = torch.full((len(windows), int(lengths.max())), PAD, dtype=torch.long)  # (B, N)
-    for b, w in enumerate(windows):
-        ids[b, : len(w)] = torch.from_numpy(w.astype(np.int64))
-    mask = torch.arange(ids.shape[1])[None, :] < lengths[:, None]  # (B, N) real bases
+    ids, mask = pad_batch(windows)  # (B, N) each; mask: real bases
     centre = torch.tensor(centres)
     rows = torch.arange(len(windows))
     with autocast(precision):

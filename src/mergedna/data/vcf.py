@@ -24,11 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .fasta import iter_fasta, open_text
+from mergedna.seqio import iter_fasta, open_text, parse_region
 
 BASES = "ACGT"
 _INFO_HEADER = re.compile(r"^##INFO=<ID=([^,>]+),Number=([^,>]+)")
-_REGION_NAME = re.compile(r"^(?P<chrom>.+):(?P<start>[\d,]+)-(?P<end>[\d,]+)$")
 
 
 @dataclass
@@ -185,16 +184,12 @@ class RegionReference:
         self.names: list[str] = []
         for name, ids in iter_fasta(path):
             self.names.append(name)
-            m = _REGION_NAME.match(name)
-            if name in exact or m is None:
+            chrom, start, end = parse_region(name)  # a record named like a region is that slice of chrom
+            if name in exact or start is None:
                 chrom, start = name, 0
-            else:
-                chrom = m.group("chrom")
-                start, end = int(m.group("start").replace(",", "")), int(m.group("end").replace(",", ""))
-                if end - start + 1 != len(ids):
-                    raise ValueError(f"{path}: record {name!r} is named as the region {chrom}:{start}-{end} "
-                                     f"({end - start + 1} bases) but holds {len(ids)} bases")
-                start -= 1
+            elif end - start != len(ids):
+                raise ValueError(f"{path}: record {name!r} is named as the region {chrom}:{start + 1}-{end} "
+                                 f"({end - start} bases) but holds {len(ids)} bases")
             if _norm(chrom) not in wanted:
                 continue
             self.ids[name] = ids
