@@ -213,3 +213,45 @@ def test_compare_table_side_by_side(tmp_path):
     expected = [f"{100 * r['summary']['tasks']['tf/0']['mcc']['mean']:.2f}" for r in (a, b)]
     assert [c.split(" ±")[0] for c in cells[1:3]] == expected and cells[3] == "72.36"
     assert "| **plain mean over tasks** |" in table and "- second: preset 'tiny'" in table
+
+
+def test_benchmark_with_baselines_puts_them_in_table_and_json(tmp_path, monkeypatch):
+    root = tmp_path / "gue"
+    shutil.copytree(SPLICE3, root / "tf" / "0")
+    out = tmp_path / "bench"
+    kwargs = dict(tasks=["tf/0"], seeds=2, baselines=["kmer", "cnn"], **{**QUICK, "max_steps": 2})
+    results = run_benchmark("gue", root, out, preset="tiny", **kwargs)
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["baselines"] == ["cnn", "kmer"]
+    for name in ("cnn", "kmer"):
+        runs = saved["baseline_runs"][name]
+        assert [r["seed"] for r in runs] == [0, 1] and all(r["seconds"] > 0 for r in runs)
+        on_disk = json.loads((out / "runs" / "tf/0" / "seed1" / "baselines" / f"{name}.json").read_text())
+        assert on_disk["test"] == runs[1]["test"] and on_disk["task"]["sizes"] == {"train": 12, "dev": 6, "test": 6}
+        entry = saved["baselines_summary"][name]["tasks"]["tf/0"]
+        assert entry["mcc"]["mean"] == pytest.approx(np.mean([r["test"]["mcc"] for r in runs]))
+    table = (out / "results.md").read_text()
+    header = next(line for line in table.splitlines() if line.startswith("| task "))
+    assert "cnn mcc" in header and "kmer accuracy" in header and "s/run cnn" in header
+    row = next(line for line in table.splitlines() if line.startswith("| tf/0 "))
+    assert f"{100 * saved['baselines_summary']['cnn']['tasks']['tf/0']['mcc']['mean']:.2f}" in row
+    only = run_benchmark("gue", root, tmp_path / "only", tasks=["tf/0"], seeds=1, baselines=["kmer"], progress=False)
+    assert only["runs"] == [] and len(only["baseline_runs"]["kmer"]) == 1
+    assert "baselines only" in (tmp_path / "only" / "results.md").read_text()
+
+    def must_not_run(*args, **kw):
+        raise AssertionError("a finished baseline was redone")
+
+    monkeypatch.setattr(benchmark_mod, "baseline_on_task", must_not_run)
+    monkeypatch.setattr(benchmark_mod, "finetune", must_not_run)
+    again = run_benchmark("gue", root, out, preset="tiny", **kwargs)
+    assert "tf/0/seed0/cnn" in again["skipped"]
+    assert results["baselines_summary"] == saved["baselines_summary"]
+
+
+def test_finetune_with_baselines_same_splits(tmp_path):
+    out = tmp_path / "ft"
+    result = finetune(SPLICE3, out, preset="tiny", baselines=("cnn", "kmer"), **QUICK)
+    for name in ("cnn", "kmer"):
+        saved = json.loads((out / "baselines" / f"{name}.json").read_text())
+        assert saved["test"] == result["baselines"][name]["test"] and saved["test_evaluations"] == 1

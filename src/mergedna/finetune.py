@@ -328,14 +328,16 @@ def _write_predictions(path: Path, split: LabelledSplit, probs: np.ndarray, labe
 
 def finetune(task, out: str | os.PathLike | None = None, *, model: str | os.PathLike | None = None,
              preset: str | None = None, layout: str = "gue", seed: int = 0, command: str | None = None,
-             progress: bool = True, save_model: bool = True, **settings) -> dict:
+             progress: bool = True, save_model: bool = True, baselines=(), **settings) -> dict:
     """Fine-tune on ``task`` (a :class:`Task` or a path read with ``layout``) and evaluate once on test.
 
     With ``out``, writes the files of the module docstring (``model/`` only with ``save_model``).
     ``settings`` are :class:`FinetuneSettings` fields. Returns what ``out/metrics.json`` holds
     (when ``out`` is given): task and split notes, model source and config, settings, seed, run
     metadata (:func:`run_metadata`), ``dev_curve``, ``best_step``, ``best_dev``, ``test`` metrics
-    and ``test_evaluations`` (always 1).
+    and ``test_evaluations`` (always 1). ``baselines`` (names of :mod:`mergedna.baselines`) also
+    trains those references on the same splits with the same seed: ``result["baselines"][name]``
+    (test and best-dev metrics, wall time), the full records in ``out/baselines/<name>.json``.
     """
     settings = FinetuneSettings(**settings)
     started = time.time()
@@ -363,13 +365,23 @@ def finetune(task, out: str | os.PathLike | None = None, *, model: str | os.Path
         classifier = net.merge_and_unload()
     test = evaluate(classifier, loader("test", False, eval_bs), splits["test"], settings.precision, "test", progress)
     probs = test.pop("probs")
+    seconds = round(time.time() - started, 1)
+    reference = {}
+    if baselines:
+        from .baselines import run_baseline
+
+        for name in baselines:
+            reference[name] = run_baseline(name, splits, task.num_classes, seed)
     result = {
         "task": {"name": task.name, "root": task.root, "metric": task.metric, "label_names": list(task.label_names),
                  "sizes": {k: len(v) for k, v in splits.items()}, **notes},
         "model": {**source, "config": classifier.config.to_dict(), "parameters": classifier.num_parameters(),
                   "trainable_parameters": trainable, "mode": "lora" if settings.lora_rank > 0 else "full"},
         "settings": dataclasses.asdict(settings), "seed": seed, **run_metadata(command), **history,
-        "test": test, "test_evaluations": 1, "seconds": round(time.time() - started, 1)}
+        "test": test, "test_evaluations": 1, "seconds": seconds}
+    if reference:
+        result["baselines"] = {n: {k: r[k] for k in ("label", "test", "best_dev", "seconds")}
+                               for n, r in reference.items()}
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -377,13 +389,15 @@ def finetune(task, out: str | os.PathLike | None = None, *, model: str | os.Path
             classifier.save_pretrained(out / "model")
         _write_predictions(out / "test_predictions.tsv", splits["test"], probs, task.label_names)
         plot_dev_curve(result, out / "dev_curve.png")
+        for name, r in reference.items():
+            write_json_atomic(out / "baselines" / f"{name}.json", {**r, "seed": seed, **run_metadata(command)})
         write_json_atomic(out / "metrics.json", result)
     return result
 
 
-def add_training_arguments(p: argparse.ArgumentParser) -> None:
+def add_training_arguments(p: argparse.ArgumentParser, source_required: bool = True) -> None:
     """Options shared by ``finetune`` and ``benchmark``: model source and :class:`FinetuneSettings`."""
-    src = p.add_mutually_exclusive_group(required=True)
+    src = p.add_mutually_exclusive_group(required=source_required)
     src.add_argument("--model", help="checkpoint directory (save_pretrained); the head is new")
     src.add_argument("--preset", choices=sorted(PRESETS), help="random initialisation (the from-scratch baseline)")
     d = FinetuneSettings()
@@ -431,9 +445,11 @@ def format_metrics(metrics: dict) -> str:
 
 
 def cmd_finetune(args) -> int:
+    if args.baselines == []:
+        args.baselines = ["cnn", "kmer"]
     result = finetune(args.task, args.out, model=args.model, preset=args.preset, layout=args.layout, seed=args.seed,
                       command=shlex.join(["mergedna", *sys.argv[1:]]), progress=not args.no_progress,
-                      **settings_from_args(args))
+                      baselines=args.baselines or (), **settings_from_args(args))
     task = result["task"]
     print(f"task {task['name']}: train {task['sizes']['train']}, dev {task['sizes']['dev']}, "
           f"test {task['sizes']['test']} (dev: {task['dev_source']})")
@@ -441,7 +457,10 @@ def cmd_finetune(args) -> int:
         print(f"NOT COMPARABLE with published numbers: {task['reason']}")
     print(f"best dev step {result['best_step']} of {result['steps']}"
           f"{' (stopped early)' if result['stopped_early'] else ''}: {format_metrics(result['best_dev'])}")
-    print(f"test (evaluated once): {format_metrics(result['test'])}")
+    print(f"test (evaluated once): {format_metrics(result['test'])}  [{result['seconds']:.0f} s]")
+    for name, r in result.get("baselines", {}).items():
+        print(f"baseline {name} ({r['label']}), same splits, dev-selected: test {format_metrics(r['test'])}  "
+              f"[{r['seconds']:.0f} s]")
     print(f"wrote {args.out}/metrics.json, model/, dev_curve.png, test_predictions.tsv")
     return 0
 
@@ -454,6 +473,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--layout", choices=sorted(LAYOUTS), default="gue", help="task layout (default gue)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--baselines", nargs="*", choices=("cnn", "kmer"), metavar="NAME",
+                   help="also train references on the same splits and seed: cnn, kmer (no name: both)")
     add_training_arguments(p)
     p.set_defaults(func=cmd_finetune)
     return p
