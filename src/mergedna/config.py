@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 MERGE_SCOPES = ("sequence", "window")
 TOKENIZERS = ("learned", "none", "fixed")
+POOLINGS = ("mean", "cls", "attention", "flatten")
 
 
 @dataclass
@@ -42,6 +43,13 @@ class MergeDNAConfig:
     init_std: float = 0.02
     num_labels: int = 2  # classification heads
     classifier_dropout: float = 0.1
+    # sequence head (heads.py): "mean" (the paper's size-weighted mean over bases), "cls" (a learned
+    # token that never merges, prepended to the Local Encoder's output; needs cls_token), "attention"
+    # (attention pooling over bases with a learned absolute-position term), "flatten" (per-base features
+    # flattened into a linear layer: fixed-length tasks of at most pool_length bases)
+    pooling: str = "mean"
+    cls_token: bool = False  # MergeDNAModel prepends a learned CLS token to the Latent Encoder's input
+    pool_length: int | None = None  # bases the "attention"/"flatten" heads cover (default max_length)
     label_names: list | None = None  # optional names of the classes, index = label id
     extra: dict = field(default_factory=dict)  # free-form metadata kept in config.json
 
@@ -56,6 +64,10 @@ class MergeDNAConfig:
             raise ValueError(f"tokenizer must be one of {TOKENIZERS}, got {self.tokenizer!r}")
         if self.window_size < 2 or self.window_size % 2:
             raise ValueError(f"window_size must be an even number >= 2, got {self.window_size}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.pooling == "cls" and not self.cls_token:
+            raise ValueError("pooling='cls' needs cls_token=True")
         if not 0.0 < self.merge_ratio <= 1.0:
             raise ValueError(f"merge_ratio must be in (0, 1], got {self.merge_ratio}")
 

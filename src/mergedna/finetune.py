@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .config import PRESETS, preset as preset_config
+from .config import POOLINGS, PRESETS, preset as preset_config
 from .data.task_batching import LENGTH_POLICIES, average_chunk_logits, make_dataloader
 from .data.tasks import LAYOUTS, LabelledSplit, Task, load_task, make_split
 from .heads import MergeDNAForSequenceClassification
@@ -91,6 +91,7 @@ class FinetuneSettings:
     length_policy: str = "error"
     max_length: int | None = None
     merge_ratio: float | None = None
+    pooling: str | None = None  # sequence head (config.pooling); None keeps the model's
     dev_fraction: float = 0.1
     split_seed: int = 0
     train_on_dev: bool = False
@@ -99,7 +100,8 @@ class FinetuneSettings:
         checks = {"schedule": (self.schedule, ("linear", "cosine")),
                   "precision": (self.precision, PRECISIONS),
                   "select_metric": (self.select_metric, METRICS),
-                  "length_policy": (self.length_policy, LENGTH_POLICIES)}
+                  "length_policy": (self.length_policy, LENGTH_POLICIES),
+                  "pooling": (self.pooling, (None, *POOLINGS))}
         for name, (value, allowed) in checks.items():
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
@@ -166,8 +168,10 @@ def prepare_splits(task: Task, settings: FinetuneSettings) -> tuple[dict[str, La
 
 
 def build_model(task: Task, model: str | os.PathLike | None, preset: str | None,
-                settings: FinetuneSettings) -> tuple[MergeDNAForSequenceClassification, dict]:
+                settings: FinetuneSettings, pool_length: int | None = None
+                ) -> tuple[MergeDNAForSequenceClassification, dict]:
     """The classifier for ``task``: from checkpoint ``model`` (fresh head) or random ``preset``.
+    ``pool_length`` (the longest training sequence) sizes the position-aware poolers.
     Call after seeding: the random parts draw from torch's global generator."""
     if (model is None) == (preset is None):
         raise ValueError("give exactly one of model (a checkpoint directory) or preset (random initialisation)")
@@ -175,6 +179,10 @@ def build_model(task: Task, model: str | os.PathLike | None, preset: str | None,
     for key in ("merge_ratio", "max_length"):
         if getattr(settings, key) is not None:
             overrides[key] = getattr(settings, key)
+    if settings.pooling is not None:
+        overrides.update(pooling=settings.pooling, cls_token=settings.pooling == "cls")
+        if settings.pooling in ("attention", "flatten") and pool_length is not None:
+            overrides["pool_length"] = pool_length
     if model is not None:
         return (MergeDNAForSequenceClassification.from_pretrained(model, **overrides),
                 {"checkpoint": str(Path(model).resolve()), "init": "pretrained"})
@@ -191,8 +199,10 @@ def apply_lora(model: MergeDNAForSequenceClassification, rank: int, alpha: float
     cfg = LoraConfig(r=rank, lora_alpha=2 * rank if alpha is None else alpha, lora_dropout=dropout,
                      target_modules=LORA_TARGETS, bias="none")
     wrapped = get_peft_model(model, cfg)
-    for param in model.classifier.parameters():
+    for param in [*model.classifier.parameters(), *model.pooler.parameters()]:
         param.requires_grad_(True)
+    if model.config.cls_token:
+        model.mergedna.cls.requires_grad_(True)
     return wrapped
 
 
@@ -347,7 +357,7 @@ def finetune(task, out: str | os.PathLike | None = None, *, model: str | os.Path
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    classifier, source = build_model(task, model, preset, settings)
+    classifier, source = build_model(task, model, preset, settings, int(splits["train"].lengths.max()))
     net = apply_lora(classifier, settings.lora_rank, settings.lora_alpha, settings.lora_dropout) \
         if settings.lora_rank > 0 else classifier
     max_length = classifier.config.max_length
@@ -425,6 +435,9 @@ def add_training_arguments(p: argparse.ArgumentParser, source_required: bool = T
                    help="sequences longer than the model's max_length: error, truncate (centre) or chunk")
     p.add_argument("--max-length", type=int, help="override the model's max_length")
     p.add_argument("--merge-ratio", type=float, help="override the model's merge_ratio (L/N)")
+    p.add_argument("--pooling", choices=POOLINGS,
+                   help="sequence head: mean (paper), cls (a CLS token that never merges), attention (with "
+                        "absolute positions), flatten (fixed-length tasks); default: the model's")
     p.add_argument("--dev-fraction", type=float, default=d.dev_fraction, help="share carved for dev when needed")
     p.add_argument("--split-seed", type=int, default=d.split_seed, help="seed of carved splits (fixed across seeds)")
     p.add_argument("--train-on-dev", action="store_true",
