@@ -255,3 +255,35 @@ def test_finetune_with_baselines_same_splits(tmp_path):
     for name in ("cnn", "kmer"):
         saved = json.loads((out / "baselines" / f"{name}.json").read_text())
         assert saved["test"] == result["baselines"][name]["test"] and saved["test_evaluations"] == 1
+
+
+def test_sweep_selects_on_dev_only_and_tests_once(tmp_path, monkeypatch):
+    real = finetune_mod.evaluate
+    calls = []
+    # dev scores per evaluation, 2 per trial (4 steps, eval every 2): trial 4 (lr 3e-4, wd 0.01) is best on dev
+    dev_scores = iter([0.1, 0.2, 0.0, 0.3, 0.2, 0.1, 0.5, 0.6, 0.1, 0.0, 0.4, 0.2])
+
+    def scripted(model, loader, split, precision="auto", name="eval", progress=False):
+        calls.append(name)
+        metrics = real(model, loader, split, precision, name, progress)
+        if name == "dev":
+            metrics["mcc"] = next(dev_scores)
+        return metrics
+
+    monkeypatch.setattr(finetune_mod, "evaluate", scripted)
+    result = finetune(SPLICE3, tmp_path / "sweep", preset="tiny", sweep=True, save_model=False, **QUICK)
+    trials = result["sweep"]["trials"]
+    assert [(t["lr"], t["weight_decay"]) for t in trials] == [(1e-4, 0.0), (1e-4, 0.01), (3e-4, 0.0), (3e-4, 0.01),
+                                                             (1e-3, 0.0), (1e-3, 0.01)]
+    assert [t["best_dev"]["mcc"] for t in trials] == [0.2, 0.3, 0.2, 0.6, 0.1, 0.4]
+    assert result["sweep"]["selected"] == {"lr": 3e-4, "weight_decay": 0.01, "lora_rank": 0}
+    assert result["lr"] == 3e-4 and result["best_dev"]["mcc"] == 0.6
+    assert calls.count("test") == 1 and calls[-1] == "test" and result["test_evaluations"] == 1
+
+
+def test_metrics_record_time_and_throughput(tmp_path):
+    result = finetune(SPLICE3, None, preset="tiny", **QUICK)
+    assert result["sequences_seen"] == 4 * 4 and result["epochs_done"] == pytest.approx(4 / 3, abs=1e-3)
+    assert result["train_seconds"] > 0 and result["eval_seconds"] > 0
+    assert result["sequences_per_s"] == pytest.approx(16 / result["train_seconds"], rel=0.05)
+    assert result["lr"] == finetune_mod.DEFAULT_LR["random"] and result["settings"]["lr"] is None
