@@ -61,6 +61,9 @@ SUITES = {
                                            "NT-500M": 89.26, "supervised CNN baseline": 79.24}},
     "nt": {"layout": "nt", "metric": "mcc", "published": {}, "published_source": "none in SPEC §9",
            "suite_means": {}},
+    # labelled files without a fixed split (e.g. the embedded UCI splice set): split 80/10/10 by split_seed
+    "csv": {"layout": "csv", "metric": "mcc", "published": {}, "published_source": "none",
+            "suite_means": {}},
 }
 TABLE_METRICS = ("mcc", "accuracy")
 
@@ -221,7 +224,7 @@ def run_benchmark(suite: str, data_root: str | os.PathLike, out: str | os.PathLi
         raise ValueError(f"unknown suite {suite!r}; choose from {sorted(SUITES)}")
     data_root, out = Path(data_root), Path(out)
     tasks = list(tasks) if tasks else discover_tasks(data_root)
-    missing = [t for t in tasks if not (data_root / t).is_dir()]
+    missing = [t for t in tasks if not (data_root / t).exists()]
     if missing or not tasks:
         raise FileNotFoundError(f"task folders not found under {data_root}: {missing or 'none at all'}; "
                                 f"available: {discover_tasks(data_root) if data_root.is_dir() else 'none'}")
@@ -368,7 +371,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--suite", choices=sorted(SUITES), default="gue")
     p.add_argument("--data-root", required=True,
                    help="folder holding the suite's task folders (e.g. ../shared/data/gue)")
-    p.add_argument("--tasks", nargs="+", help="task folders relative to --data-root (default: all with a train split)")
+    p.add_argument("--tasks", nargs="+", help="task folders (files for --suite csv) relative to --data-root "
+                                              "(default: all folders with a train split)")
     p.add_argument("--seeds", type=int, default=3, help="number of seeds per task")
     p.add_argument("--first-seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output directory (rerunning skips finished runs)")
