@@ -78,3 +78,22 @@ def test_baseline_on_task_uses_the_finetune_split(splice):
     assert "single file" in r["task"]["dev_source"] and "git_commit" in r and r["seed"] == 0
     with pytest.raises(ValueError, match="unknown baseline"):
         baseline_on_task("svm", task)
+
+
+def test_demo_closing_text_reads_the_numbers():
+    from mergedna.demo import _metrics_table, closing_text
+
+    task = {"sizes": {"train": 2548, "dev": 320, "test": 318}}
+    dev = {"mcc": 0.5}
+
+    def row(mcc, **kw):
+        return {"test": {"mcc": mcc, "accuracy": 0.5, "f1": 0.5}, "best_dev": dev, "seconds": 3.0, "task": task, **kw}
+
+    rows = {"pre": row(0.66, steps=800), "scratch": row(0.41, steps=800),
+            "cnn": row(0.89, baseline="cnn", epochs=10, best_epoch=9),
+            "kmer": row(0.50, baseline="kmer", selected={"k": 6, "C": 0.01})}
+    text = closing_text(rows, "tiny", 3)
+    assert "best test MCC here is cnn (0.890)" in text and "a gain of +0.250" in text
+    assert "ahead of the better MergeDNA row by 0.230" in text and "318-sequence test set" in text
+    table = _metrics_table(rows)
+    assert "| cnn | 0.5000 | 0.8900 |" in table and "k=6, C=0.01 (dev grid)" in table
