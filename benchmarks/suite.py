@@ -338,12 +338,14 @@ def throughput(args, genome: Genome | None, sections: set[str]) -> list[dict]:
 def finetune_workloads(preset_name: str, ids: torch.Tensor) -> dict:
     """Training step (forward + backward + clip + AdamW, the groups and optimiser of
     ``mergedna.finetune.fit``) and evaluation (no_grad forward) of a 2-class sequence classifier."""
-    from mergedna.finetune import FinetuneSettings
+    from mergedna.finetune import FLATTEN_MAX_LENGTH, FinetuneSettings
     from mergedna.heads import MergeDNAForSequenceClassification
     from mergedna.training.optim import adamw, param_groups
 
     torch.manual_seed(0)
     pooling = FinetuneSettings().pooling or "mean"
+    if pooling == "auto":  # what fine-tuning picks for a task of fixed-length windows
+        pooling = "flatten" if ids.shape[1] <= FLATTEN_MAX_LENGTH else "cls"
     model = MergeDNAForSequenceClassification(make_preset(preset_name, num_labels=2, pooling=pooling,
                                                           cls_token=pooling == "cls", pool_length=ids.shape[1]))
     opt = adamw(param_groups(model.named_parameters(), 0.01), lr=1e-4)

@@ -5,6 +5,7 @@
 # size-weighted mean over bases), cls (a CLS token that never merges), attention (attention pooling
 # over bases with a learned absolute-position term), flatten (per-base features flattened).
 #   usage: bash scripts/position_heads.sh [DATA_DIR] [SEEDS] [TASKS...]
+#   env: HEADS (default "mean cls attention flatten"), GUE_EPOCHS (3)
 #   tasks: "splice" (UCI splice, embedded, 80/10/10 split) or GUE task folders (mouse/0 ...)
 # Runs already finished (metrics.json present) are kept; the summary is rebuilt at the end.
 set -euo pipefail
@@ -20,10 +21,10 @@ for task in "${TASKS[@]}"; do
   if [ "$task" = splice ]; then
     src=(--task src/mergedna/data/embedded/splice.csv --layout csv); epochs=8
   else
-    src=(--task "$DATA/gue/$task" --layout gue); epochs=3
+    src=(--task "$DATA/gue/$task" --layout gue); epochs=${GUE_EPOCHS:-3}
   fi
   for seed in $SEEDS; do
-    for head in mean cls attention flatten; do
+    for head in ${HEADS:-mean cls attention flatten}; do
       dir="$OUT/runs/$task/$head/seed$seed"
       [ -f "$dir/metrics.json" ] && continue
       nice -n 10 "$PY" -m mergedna.cli finetune "${src[@]}" --preset tiny --pooling "$head" --seed "$seed" \

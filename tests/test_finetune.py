@@ -287,3 +287,14 @@ def test_metrics_record_time_and_throughput(tmp_path):
     assert result["train_seconds"] > 0 and result["eval_seconds"] > 0
     assert result["sequences_per_s"] == pytest.approx(16 / result["train_seconds"], rel=0.05)
     assert result["lr"] == finetune_mod.DEFAULT_LR["random"] and result["settings"]["lr"] is None
+
+
+def test_auto_head_flattens_fixed_length_tasks_else_cls(tmp_path):
+    result = finetune(SPLICE3, None, preset="tiny", **QUICK)
+    assert result["model"]["config"]["pooling"] == "flatten" and result["model"]["config"]["pool_length"] == 60
+    train = load_gue_task(SPLICE3)["train"]
+    assert finetune_mod.default_pooling(train) == "flatten"
+    ragged = train.take(np.arange(len(train)), lengths=np.where(np.arange(len(train)) % 2, 50, 60))
+    assert finetune_mod.default_pooling(ragged) == "cls"
+    mean = finetune(SPLICE3, None, preset="tiny", pooling="mean", **QUICK)
+    assert mean["model"]["config"]["pooling"] == "mean" and not mean["model"]["config"]["cls_token"]

@@ -64,6 +64,7 @@ LORA_TARGETS = r"mergedna\.(local_encoder|latent_encoder)\.blocks\.\d+\.(attn\.(
 # peak learning rates when none is given: a randomly initialised encoder needs a far larger step than
 # a pretrained one (the paper's fine-tuning grid, for pretrained models, tops out at 1e-4)
 DEFAULT_LR = {"random": 1e-3, "pretrained": 1e-4}
+FLATTEN_MAX_LENGTH = 1024  # pooling="auto" flattens fixed-length tasks up to this many bases
 # --sweep: the paper's grid for pretrained models; "and up" for a randomly initialised one
 SWEEP_LRS = {"pretrained": (1e-5, 5e-5, 1e-4), "random": (1e-4, 3e-4, 1e-3)}
 SWEEP_WEIGHT_DECAYS = (0.0, 0.01)
@@ -99,7 +100,7 @@ class FinetuneSettings:
     length_policy: str = "error"
     max_length: int | None = None
     merge_ratio: float | None = None
-    pooling: str | None = None  # sequence head (config.pooling); None keeps the model's
+    pooling: str | None = "auto"  # sequence head (config.pooling): "auto" (see default_pooling); None keeps the model's
     dev_fraction: float = 0.1
     split_seed: int = 0
     train_on_dev: bool = False
@@ -109,7 +110,7 @@ class FinetuneSettings:
                   "precision": (self.precision, PRECISIONS),
                   "select_metric": (self.select_metric, METRICS),
                   "length_policy": (self.length_policy, LENGTH_POLICIES),
-                  "pooling": (self.pooling, (None, *POOLINGS))}
+                  "pooling": (self.pooling, (None, "auto", *POOLINGS))}
         for name, (value, allowed) in checks.items():
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
@@ -175,11 +176,18 @@ def prepare_splits(task: Task, settings: FinetuneSettings) -> tuple[dict[str, La
     return {k: splits[k] for k in ("train", "dev", "test")}, notes
 
 
+def default_pooling(train: LabelledSplit) -> str:
+    """The sequence head ``pooling="auto"`` picks (results/position_heads): ``flatten`` when every
+    training sequence has the same length, at most :data:`FLATTEN_MAX_LENGTH` bases; else ``cls``."""
+    lengths = train.lengths
+    return "flatten" if lengths.min() == lengths.max() <= FLATTEN_MAX_LENGTH else "cls"
+
+
 def build_model(task: Task, model: str | os.PathLike | None, preset: str | None,
-                settings: FinetuneSettings, pool_length: int | None = None
+                settings: FinetuneSettings, train: LabelledSplit | None = None
                 ) -> tuple[MergeDNAForSequenceClassification, dict]:
     """The classifier for ``task``: from checkpoint ``model`` (fresh head) or random ``preset``.
-    ``pool_length`` (the longest training sequence) sizes the position-aware poolers.
+    ``train`` (the training split) chooses the ``auto`` head and sizes the position-aware poolers.
     Call after seeding: the random parts draw from torch's global generator."""
     if (model is None) == (preset is None):
         raise ValueError("give exactly one of model (a checkpoint directory) or preset (random initialisation)")
@@ -187,10 +195,13 @@ def build_model(task: Task, model: str | os.PathLike | None, preset: str | None,
     for key in ("merge_ratio", "max_length"):
         if getattr(settings, key) is not None:
             overrides[key] = getattr(settings, key)
-    if settings.pooling is not None:
-        overrides.update(pooling=settings.pooling, cls_token=settings.pooling == "cls")
-        if settings.pooling in ("attention", "flatten") and pool_length is not None:
-            overrides["pool_length"] = pool_length
+    pooling = settings.pooling
+    if pooling == "auto":
+        pooling = default_pooling(train) if train is not None else "cls"
+    if pooling is not None:
+        overrides.update(pooling=pooling, cls_token=pooling == "cls")
+        if pooling in ("attention", "flatten") and train is not None:
+            overrides["pool_length"] = int(train.lengths.max())
     if model is not None:
         return (MergeDNAForSequenceClassification.from_pretrained(model, **overrides),
                 {"checkpoint": str(Path(model).resolve()), "init": "pretrained"})
@@ -353,7 +364,7 @@ def train_selected_on_dev(task: Task, splits: dict[str, LabelledSplit], model, p
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    classifier, source = build_model(task, model, preset, settings, int(splits["train"].lengths.max()))
+    classifier, source = build_model(task, model, preset, settings, splits["train"])
     net = apply_lora(classifier, settings.lora_rank, settings.lora_alpha, settings.lora_dropout) \
         if settings.lora_rank > 0 else classifier
     eval_bs = settings.eval_batch_size or 2 * settings.batch_size
@@ -487,9 +498,10 @@ def add_training_arguments(p: argparse.ArgumentParser, source_required: bool = T
                    help="sequences longer than the model's max_length: error, truncate (centre) or chunk")
     p.add_argument("--max-length", type=int, help="override the model's max_length")
     p.add_argument("--merge-ratio", type=float, help="override the model's merge_ratio (L/N)")
-    p.add_argument("--pooling", choices=POOLINGS,
-                   help="sequence head: mean (paper), cls (a CLS token that never merges), attention (with "
-                        "absolute positions), flatten (fixed-length tasks); default: the model's")
+    p.add_argument("--pooling", choices=("auto", *POOLINGS), default="auto",
+                   help="sequence head: mean (the paper's), cls (a CLS token that never merges), attention (with "
+                        "absolute positions), flatten (per-base features flattened); auto (default): flatten "
+                        f"when all training sequences have one length <= {FLATTEN_MAX_LENGTH}, else cls")
     p.add_argument("--dev-fraction", type=float, default=d.dev_fraction, help="share carved for dev when needed")
     p.add_argument("--split-seed", type=int, default=d.split_seed, help="seed of carved splits (fixed across seeds)")
     p.add_argument("--train-on-dev", action="store_true",
