@@ -5,7 +5,7 @@
 #
 #   usage: bash scripts/finetune_vs_baselines.sh [MODEL_DIR ...]
 #   env:   DATA (../shared/data), SEEDS (3), PRESET (tiny), GUE_TASKS ("mouse/0"), OUT (results/finetune_vs_baselines),
-#          EXTRA (more `mergedna benchmark` flags, e.g. "--epochs 3")
+#          EXTRA (more `mergedna benchmark` flags for every row), GUE_EXTRA (for the GUE rows only, e.g. "--epochs 3")
 #
 # Rows: the from-scratch PRESET with both baselines on UCI splice (embedded) and GUE_TASKS; then one
 # row per MODEL_DIR (a pretrained checkpoint, e.g. runs/tok15/learned/model) on the same tasks and
@@ -24,13 +24,13 @@ bench() { nice -n 10 "$PY" -m mergedna.cli benchmark "$@"; }
 
 bench --suite csv --data-root src/mergedna/data/embedded --tasks splice.csv "${COMMON[@]}" \
     --preset "$PRESET" --out "$OUT/splice/scratch_$PRESET"
-[ -n "$GUE_TASKS" ] && bench --suite gue --data-root "$DATA/gue" --tasks $GUE_TASKS "${COMMON[@]}" \
+[ -n "$GUE_TASKS" ] && bench --suite gue --data-root "$DATA/gue" --tasks $GUE_TASKS "${COMMON[@]}" ${GUE_EXTRA:-} \
     --preset "$PRESET" --out "$OUT/gue/scratch_$PRESET"
 for model in "$@"; do
   name=$(basename "$(dirname "$model")")_$(basename "$model")
   bench --suite csv --data-root src/mergedna/data/embedded --tasks splice.csv "${COMMON[@]}" --baselines \
       --model "$model" --out "$OUT/splice/$name"
-  [ -n "$GUE_TASKS" ] && bench --suite gue --data-root "$DATA/gue" --tasks $GUE_TASKS "${COMMON[@]}" --baselines \
+  [ -n "$GUE_TASKS" ] && bench --suite gue --data-root "$DATA/gue" --tasks $GUE_TASKS "${COMMON[@]}" ${GUE_EXTRA:-} --baselines \
       --model "$model" --out "$OUT/gue/$name"
 done
 for suite in splice gue; do
