@@ -5,7 +5,8 @@
 #
 #   usage: bash scripts/finetune_vs_baselines.sh [MODEL_DIR ...]
 #   env:   DATA (../shared/data), SEEDS (3), PRESET (tiny), GUE_TASKS ("mouse/0"), OUT (results/finetune_vs_baselines),
-#          EXTRA (more `mergedna benchmark` flags for every row), GUE_EXTRA (for the GUE rows only, e.g. "--epochs 3")
+#          EXTRA (more `mergedna benchmark` flags for every row), GUE_EXTRA (for the GUE rows only, e.g. "--epochs 3"),
+#          BASELINE_TASKS (GUE tasks that get a baselines-only table, e.g. "mouse/0 prom/prom_300_tata")
 #
 # Rows: the from-scratch PRESET with both baselines on UCI splice (embedded) and GUE_TASKS; then one
 # row per MODEL_DIR (a pretrained checkpoint, e.g. runs/tok15/learned/model) on the same tasks and
@@ -26,6 +27,8 @@ bench --suite csv --data-root src/mergedna/data/embedded --tasks splice.csv "${C
     --preset "$PRESET" --out "$OUT/splice/scratch_$PRESET"
 [ -n "$GUE_TASKS" ] && bench --suite gue --data-root "$DATA/gue" --tasks $GUE_TASKS "${COMMON[@]}" ${GUE_EXTRA:-} \
     --preset "$PRESET" --out "$OUT/gue/scratch_$PRESET"
+[ -n "${BASELINE_TASKS:-}" ] && bench --suite gue --data-root "$DATA/gue" --tasks $BASELINE_TASKS --seeds "$SEEDS" \
+    --no-progress --out "$OUT/gue/baselines_only"
 for model in "$@"; do
   name=$(basename "$(dirname "$model")")_$(basename "$model")
   bench --suite csv --data-root src/mergedna/data/embedded --tasks splice.csv "${COMMON[@]}" --baselines \
