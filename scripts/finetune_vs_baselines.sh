@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 DATA="${DATA:-../shared/data}"
 SEEDS="${SEEDS:-3}"
 PRESET="${PRESET:-tiny}"
-GUE_TASKS="${GUE_TASKS:-mouse/0}"
+GUE_TASKS="${GUE_TASKS-mouse/0}"  # set and empty: no GUE rows
 OUT="${OUT:-results/finetune_vs_baselines}"
 PY="${PYTHON:-/work/main/.venv/bin/python}"
 export OMP_NUM_THREADS=1 PYTHONPATH="$PWD/src"
