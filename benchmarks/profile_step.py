@@ -2,9 +2,11 @@
 
     python benchmarks/profile_step.py                          # small, N = 4096, batch 1
     python benchmarks/profile_step.py --preset base --mode inference
+    python benchmarks/profile_step.py --preset tiny --mode finetune --length 100 --batch 32   # issue 14
 
 Runs the same workload as ``benchmarks/suite.py`` (three passes, backward, clip, AdamW; or the
-φ + ψ inference forward) under bf16 autocast (fp32 where the CPU lacks native bf16), after ``--warmup`` untimed steps, and profiles
+φ + ψ inference forward; or, with ``--mode finetune``/``finetune_eval``, the suite's fine-tuning
+step or evaluation of a sequence classifier) under bf16 autocast (fp32 where the CPU lacks native bf16), after ``--warmup`` untimed steps, and profiles
 ``--steps`` steps. Prints and writes to ``benchmarks/results/profile_<preset>_<mode>_<N>_<precision>.md``:
 the operators by self CPU time, and the same time summed into classes (matmul, attention,
 elementwise, casts and copies, merge gathers/scatters/sorts, optimiser, other), the shares the
@@ -24,7 +26,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import suite  # noqa: E402
-from suite import base_windows, mergedna_workloads  # noqa: E402
+from suite import base_windows, finetune_workloads, mergedna_workloads  # noqa: E402
 
 from mergedna.provenance import run_metadata, write_text_atomic  # noqa: E402
 
@@ -55,7 +57,7 @@ def classify(name: str) -> str:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="small")
-    p.add_argument("--mode", choices=("train", "inference"), default="train")
+    p.add_argument("--mode", choices=("train", "inference", "finetune", "finetune_eval"), default="train")
     p.add_argument("--length", type=int, default=4096)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--warmup", type=int, default=2)
@@ -69,8 +71,12 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     suite.PRECISION = suite.resolve(args.precision)
     ids, _ = base_windows(None, args.length, args.batch)
-    workloads, _ = mergedna_workloads(args.preset, ids)
-    fn = workloads[f"mergedna_{args.preset}_{args.mode}"]
+    if args.mode.startswith("finetune"):
+        key = "train" if args.mode == "finetune" else "eval"
+        fn = finetune_workloads(args.preset, ids)[f"ft_mergedna_{args.preset}_{key}"]
+    else:
+        workloads, _ = mergedna_workloads(args.preset, ids)
+        fn = workloads[f"mergedna_{args.preset}_{args.mode}"]
     for _ in range(args.warmup):
         fn()
     with profile(activities=[ProfilerActivity.CPU]) as prof:

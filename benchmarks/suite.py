@@ -48,6 +48,13 @@ utilisation is against the peak of that precision):
     that peak minus the RSS before: activations, gradients and allocator slack. (Without
     clear_refs it falls back to ``ru_maxrss``; the row's ``memory_method`` says which.) Growth exponents between
     successive lengths, of time, memory and the analytical FLOPs, flag super-linear terms.
+``finetune``
+    Fine-tuning on short sequences (issue 14): for each N in ``--ft-lengths`` (70, 100, 300 bp),
+    batch ``--ft-batch`` (32) of genome windows, a training step (forward + backward + clip +
+    AdamW, as ``mergedna.finetune.fit`` does it) and an evaluation (no_grad forward) of the
+    sequence classifier of each ``--ft-presets`` (tiny, small) with the fine-tuning default head,
+    and of the Genomic Benchmarks CNN baseline, all interleaved in the same rounds.
+    Sequences/s and bp/s per row.
 ``sampler``
     ``GenomeSampler.batch`` on the FASTA ``--fasta`` (window N = ``--length``, ``--sampler-batch``
     windows a call, one thread) for ``--sampler-seconds``; compared with the fastest measured
@@ -92,7 +99,7 @@ from mergedna.provenance import run_metadata, write_json_atomic, write_text_atom
 from mergedna.training.trainer import TrainConfig, apply_block_options, make_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ("peak", "mergedna", "peers", "scaling", "sampler")
+SECTIONS = ("peak", "mergedna", "peers", "scaling", "sampler", "finetune")
 DEFAULT_FASTA = ROOT.parent / "shared" / "data" / "genomes" / "GRCh37_chr20.fa.gz"
 PEERS = {  # name: (bases per token, vocabulary size)
     "esm": (6, 4107),  # Nucleotide Transformer v2: 6-mers + single bases + specials
@@ -100,9 +107,11 @@ PEERS = {  # name: (bases per token, vocabulary size)
 }
 FULL = dict(presets=["small", "base"], length=4096, batch=1, warmup=1, repeats=3, peak_sizes=[2048, 4096],
             peak_repeats=3, scaling_preset="small", scaling_lengths=[1024, 2048, 4096, 8192, 16384, 32768],
-            scaling_repeats=2, sampler_seconds=5.0)
+            scaling_repeats=2, sampler_seconds=5.0, ft_presets=["tiny", "small"], ft_lengths=[70, 100, 300],
+            ft_batch=32)
 QUICK = dict(presets=["tiny"], length=512, batch=1, warmup=1, repeats=2, peak_sizes=[256, 512], peak_repeats=3,
-             scaling_preset="tiny", scaling_lengths=[1024, 2048], scaling_repeats=1, sampler_seconds=0.5)
+             scaling_preset="tiny", scaling_lengths=[1024, 2048], scaling_repeats=1, sampler_seconds=0.5,
+             ft_presets=["tiny"], ft_lengths=[70], ft_batch=8)
 RATIO = MergeDNAConfig().merge_ratio  # L/N fixed at the mean of the pretraining draw
 MLM_MASK = 0.15
 # targets from issue 6
@@ -323,6 +332,86 @@ def throughput(args, genome: Genome | None, sections: set[str]) -> list[dict]:
                   f"{row['gflops_per_s']:>8.1f} GFLOP/s", flush=True)
         del workloads, info
         gc.collect()
+    return rows
+
+
+# ---------------------------------------------------------------- fine-tuning on short sequences (issue 14)
+def finetune_workloads(preset_name: str, ids: torch.Tensor) -> dict:
+    """Training step (forward + backward + clip + AdamW, the groups and optimiser of
+    ``mergedna.finetune.fit``) and evaluation (no_grad forward) of a 2-class sequence classifier."""
+    from mergedna.finetune import FLATTEN_MAX_LENGTH, FinetuneSettings
+    from mergedna.heads import MergeDNAForSequenceClassification
+    from mergedna.training.optim import adamw, param_groups
+
+    torch.manual_seed(0)
+    pooling = FinetuneSettings().pooling or "mean"
+    if pooling == "auto":  # what fine-tuning picks for a task of fixed-length windows
+        pooling = "flatten" if ids.shape[1] <= FLATTEN_MAX_LENGTH else "cls"
+    model = MergeDNAForSequenceClassification(make_preset(preset_name, num_labels=2, pooling=pooling,
+                                                          cls_token=pooling == "cls", pool_length=ids.shape[1]))
+    opt = adamw(param_groups(model.named_parameters(), 0.01), lr=1e-4)
+    labels = torch.arange(len(ids)) % 2
+
+    def train():
+        model.train()
+        with autocast():
+            loss = model(ids, labels=labels).loss
+        loss.backward()
+        return optimizer_step(model, opt)
+
+    def evaluate():
+        model.eval()
+        with torch.no_grad(), autocast():
+            model(ids)
+
+    return {f"ft_mergedna_{preset_name}_train": train, f"ft_mergedna_{preset_name}_eval": evaluate}
+
+
+def cnn_workloads(ids: torch.Tensor) -> dict:
+    """The Genomic Benchmarks CNN baseline (mergedna.baselines) on the same batch: Adam step and eval."""
+    from mergedna.baselines import GenomicBenchmarksCNN
+
+    torch.manual_seed(0)
+    n = max(64, ids.shape[1])
+    x = torch.nn.functional.pad(ids, (0, n - ids.shape[1]), value=5)
+    model = GenomicBenchmarksCNN(2, n)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    labels = torch.arange(len(ids)) % 2
+
+    def train():
+        model.train()
+        torch.nn.functional.cross_entropy(model(x), labels).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def evaluate():
+        model.eval()
+        with torch.no_grad():
+            model(x)
+
+    return {"ft_cnn_train": train, "ft_cnn_eval": evaluate}
+
+
+def finetune_rows(args, genome: Genome | None) -> list[dict]:
+    """Sequences/s and bp/s of fine-tuning steps and evaluation at each of ``--ft-lengths``, MergeDNA
+    presets and the CNN interleaved in the same rounds (fp32 or bf16 as the run's precision)."""
+    rows = []
+    for n in args.ft_lengths:
+        ids, source = base_windows(genome, n, args.ft_batch)
+        workloads = {}
+        for name in args.ft_presets:
+            workloads.update(finetune_workloads(name, ids))
+        workloads.update(cnn_workloads(ids))
+        timed = interleaved(workloads, args.warmup, args.repeats)
+        for key, t in timed.items():
+            sec = statistics.median(t["times"])
+            parts = key.split("_")
+            row = {"key": f"{key}_{n}", "model": parts[1], "size": parts[2] if parts[1] == "mergedna" else "-",
+                   "mode": parts[-1], "length": n, "batch": args.ft_batch, "input": source, "seconds": sec,
+                   "times": t["times"], "seq_per_s": args.ft_batch / sec, "bp_per_s": args.ft_batch * n / sec}
+            rows.append(row)
+            print(f"fine-tune {row['model']:<9} {row['size']:<6} {row['mode']:<5} N={n:<4} "
+                  f"{row['seq_per_s']:>9,.1f} seq/s {row['bp_per_s']:>11,.0f} bp/s", flush=True)
     return rows
 
 
@@ -565,6 +654,15 @@ def markdown(res: dict) -> str:
         sm = res["sampler"]
         lines += ["## Sampler", "", f"{sm['bp_per_s'] / 1e6:.1f} M bp/s (1 thread, window {sm['window']}, "
                   f"batch {sm['batch']}, {Path(sm['fasta']).name})", ""]
+    if rows_of(res, "finetune"):
+        lines += [f"## Fine-tuning on short sequences (batch {s['ft_batch']}; median of {s['repeats']}, interleaved)",
+                  "", "Training step = forward + backward + clip + AdamW of a 2-class classifier (MergeDNA: "
+                  "the fine-tuning default head); eval = no_grad forward. CNN = the Genomic Benchmarks baseline.",
+                  "", "| model | size | mode | N | sequences/s | bp/s |", "|---|---|---|---|---|---|"]
+        for r in res["finetune"]:
+            lines.append(f"| {r['model']} | {r['size']} | {r['mode']} | {r['length']} | {r['seq_per_s']:,.1f} | "
+                         f"{r['bp_per_s']:,.0f} |")
+        lines.append("")
     lines += ["## Targets", "", "| target | value | ratio to threshold | status |", "|---|---|---|---|"]
     for t in res["targets"]:
         if t["status"] == "not run":
@@ -599,6 +697,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scaling-repeats", type=int)
     p.add_argument("--sampler-seconds", type=float)
     p.add_argument("--sampler-batch", type=int, default=8)
+    p.add_argument("--ft-presets", nargs="+", help="fine-tuning rows: MergeDNA presets (default tiny small)")
+    p.add_argument("--ft-lengths", nargs="+", type=int, help="fine-tuning rows: sequence lengths (70 100 300)")
+    p.add_argument("--ft-batch", type=int, help="fine-tuning rows: batch size (default 32)")
     p.add_argument("--timeout", type=int, default=3600, help="seconds per scaling configuration")
     p.add_argument("--child-scaling", nargs=2, metavar=("TARGET", "N"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -628,13 +729,13 @@ def main(argv: list[str] | None = None) -> dict:
     settings = {k: getattr(args, k) for k in ("quick", "presets", "length", "batch", "warmup", "repeats",
                                               "peak_sizes", "peak_repeats", "scaling_preset", "scaling_lengths",
                                               "scaling_repeats", "sampler_seconds", "sampler_batch", "threads",
-                                              "fasta", "compile")}
+                                              "fasta", "compile", "ft_presets", "ft_lengths", "ft_batch")}
     settings.update(sections=sorted(sections), ratio=RATIO, autocast=PRECISION)
     if PRECISION != "bf16":
         print(f"precision {PRECISION}: this CPU has no native bf16 matmul (AMX/AVX512-BF16); utilisation is "
               "against the fp32 peak", flush=True)
     res: dict = {"meta": meta, "settings": settings}
-    genome = load_genome(args) if sections & {"mergedna", "scaling", "sampler"} else None  # builds the cache once
+    genome = load_genome(args) if sections & {"mergedna", "scaling", "sampler", "finetune"} else None  # cache once
 
     if "peak" in sections:
         res["peak"] = {"start": matmul_peak(args.peak_sizes, args.peak_repeats)}
@@ -650,6 +751,8 @@ def main(argv: list[str] | None = None) -> dict:
             res["peak"][dt] = max(res["peak"][k][dt]["gflops"] for k in ("start", "end") if k in res["peak"])
         for r in rows_of(res, "mergedna") + rows_of(res, "peers"):
             r["utilisation"] = r["gflops_per_s"] / res["peak"][PRECISION]
+    if "finetune" in sections:
+        res["finetune"] = finetune_rows(args, genome)
     if "scaling" in sections:
         res["scaling"] = scaling(args)
     if "sampler" in sections:

@@ -36,8 +36,12 @@ def run_suite(tmp_path, *extra):
 @pytest.mark.slow
 def test_quick_run_has_every_section(tmp_path):
     res, stdout = run_suite(tmp_path, "--label", "smoke")
-    for section in ("peak", "mergedna", "peers", "scaling", "sampler", "targets"):
+    for section in ("peak", "mergedna", "peers", "scaling", "sampler", "finetune", "targets"):
         assert res.get(section), section
+    assert {(r["model"], r["mode"], r["length"]) for r in res["finetune"]} == {
+        (m, k, n) for m in ("mergedna", "cnn") for k in ("train", "eval") for n in res["settings"]["ft_lengths"]}
+    assert all(r["seq_per_s"] > 0 and r["bp_per_s"] == pytest.approx(r["seq_per_s"] * r["length"])
+               for r in res["finetune"])
     assert res["peak"][res["settings"]["autocast"]] > 0 and res["peak"]["fp32"] > 0 and "end" in res["peak"]
     assert {(r["model"], r["mode"]) for r in res["mergedna"]} == {("mergedna", "train"), ("mergedna", "inference")}
     assert {(r["model"], r["mode"]) for r in res["peers"]} == {(m, k) for m in ("esm", "bert")

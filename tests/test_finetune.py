@@ -213,3 +213,88 @@ def test_compare_table_side_by_side(tmp_path):
     expected = [f"{100 * r['summary']['tasks']['tf/0']['mcc']['mean']:.2f}" for r in (a, b)]
     assert [c.split(" ±")[0] for c in cells[1:3]] == expected and cells[3] == "72.36"
     assert "| **plain mean over tasks** |" in table and "- second: preset 'tiny'" in table
+
+
+def test_benchmark_with_baselines_puts_them_in_table_and_json(tmp_path, monkeypatch):
+    root = tmp_path / "gue"
+    shutil.copytree(SPLICE3, root / "tf" / "0")
+    out = tmp_path / "bench"
+    kwargs = dict(tasks=["tf/0"], seeds=2, baselines=["kmer", "cnn"], **{**QUICK, "max_steps": 2})
+    results = run_benchmark("gue", root, out, preset="tiny", **kwargs)
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["baselines"] == ["cnn", "kmer"]
+    for name in ("cnn", "kmer"):
+        runs = saved["baseline_runs"][name]
+        assert [r["seed"] for r in runs] == [0, 1] and all(r["seconds"] > 0 for r in runs)
+        on_disk = json.loads((out / "runs" / "tf/0" / "seed1" / "baselines" / f"{name}.json").read_text())
+        assert on_disk["test"] == runs[1]["test"] and on_disk["task"]["sizes"] == {"train": 12, "dev": 6, "test": 6}
+        entry = saved["baselines_summary"][name]["tasks"]["tf/0"]
+        assert entry["mcc"]["mean"] == pytest.approx(np.mean([r["test"]["mcc"] for r in runs]))
+    table = (out / "results.md").read_text()
+    header = next(line for line in table.splitlines() if line.startswith("| task "))
+    assert "cnn mcc" in header and "kmer accuracy" in header and "s/run cnn" in header
+    row = next(line for line in table.splitlines() if line.startswith("| tf/0 "))
+    assert f"{100 * saved['baselines_summary']['cnn']['tasks']['tf/0']['mcc']['mean']:.2f}" in row
+    only = run_benchmark("gue", root, tmp_path / "only", tasks=["tf/0"], seeds=1, baselines=["kmer"], progress=False)
+    assert only["runs"] == [] and len(only["baseline_runs"]["kmer"]) == 1
+    assert "baselines only" in (tmp_path / "only" / "results.md").read_text()
+
+    def must_not_run(*args, **kw):
+        raise AssertionError("a finished baseline was redone")
+
+    monkeypatch.setattr(benchmark_mod, "baseline_on_task", must_not_run)
+    monkeypatch.setattr(benchmark_mod, "finetune", must_not_run)
+    again = run_benchmark("gue", root, out, preset="tiny", **kwargs)
+    assert "tf/0/seed0/cnn" in again["skipped"]
+    assert results["baselines_summary"] == saved["baselines_summary"]
+
+
+def test_finetune_with_baselines_same_splits(tmp_path):
+    out = tmp_path / "ft"
+    result = finetune(SPLICE3, out, preset="tiny", baselines=("cnn", "kmer"), **QUICK)
+    for name in ("cnn", "kmer"):
+        saved = json.loads((out / "baselines" / f"{name}.json").read_text())
+        assert saved["test"] == result["baselines"][name]["test"] and saved["test_evaluations"] == 1
+
+
+def test_sweep_selects_on_dev_only_and_tests_once(tmp_path, monkeypatch):
+    real = finetune_mod.evaluate
+    calls = []
+    # dev scores per evaluation, 2 per trial (4 steps, eval every 2): trial 4 (lr 3e-4, wd 0.01) is best on dev
+    dev_scores = iter([0.1, 0.2, 0.0, 0.3, 0.2, 0.1, 0.5, 0.6, 0.1, 0.0, 0.4, 0.2])
+
+    def scripted(model, loader, split, precision="auto", name="eval", progress=False):
+        calls.append(name)
+        metrics = real(model, loader, split, precision, name, progress)
+        if name == "dev":
+            metrics["mcc"] = next(dev_scores)
+        return metrics
+
+    monkeypatch.setattr(finetune_mod, "evaluate", scripted)
+    result = finetune(SPLICE3, tmp_path / "sweep", preset="tiny", sweep=True, save_model=False, **QUICK)
+    trials = result["sweep"]["trials"]
+    assert [(t["lr"], t["weight_decay"]) for t in trials] == [(1e-4, 0.0), (1e-4, 0.01), (3e-4, 0.0), (3e-4, 0.01),
+                                                             (1e-3, 0.0), (1e-3, 0.01)]
+    assert [t["best_dev"]["mcc"] for t in trials] == [0.2, 0.3, 0.2, 0.6, 0.1, 0.4]
+    assert result["sweep"]["selected"] == {"lr": 3e-4, "weight_decay": 0.01, "lora_rank": 0}
+    assert result["lr"] == 3e-4 and result["best_dev"]["mcc"] == 0.6
+    assert calls.count("test") == 1 and calls[-1] == "test" and result["test_evaluations"] == 1
+
+
+def test_metrics_record_time_and_throughput(tmp_path):
+    result = finetune(SPLICE3, None, preset="tiny", **QUICK)
+    assert result["sequences_seen"] == 4 * 4 and result["epochs_done"] == pytest.approx(4 / 3, abs=1e-3)
+    assert result["train_seconds"] > 0 and result["eval_seconds"] > 0
+    assert result["sequences_per_s"] == pytest.approx(16 / result["train_seconds"], rel=0.05)
+    assert result["lr"] == finetune_mod.DEFAULT_LR["random"] and result["settings"]["lr"] is None
+
+
+def test_auto_head_flattens_fixed_length_tasks_else_cls(tmp_path):
+    result = finetune(SPLICE3, None, preset="tiny", **QUICK)
+    assert result["model"]["config"]["pooling"] == "flatten" and result["model"]["config"]["pool_length"] == 60
+    train = load_gue_task(SPLICE3)["train"]
+    assert finetune_mod.default_pooling(train) == "flatten"
+    ragged = train.take(np.arange(len(train)), lengths=np.where(np.arange(len(train)) % 2, 50, 60))
+    assert finetune_mod.default_pooling(ragged) == "cls"
+    mean = finetune(SPLICE3, None, preset="tiny", pooling="mean", **QUICK)
+    assert mean["model"]["config"]["pooling"] == "mean" and not mean["model"]["config"]["cls_token"]

@@ -7,6 +7,12 @@ published MergeDNA numbers (SPEC §8–9).
 ``out`` reuses every run whose ``metrics.json`` exists and refuses to mix runs made with another
 model or other settings.
 
+With ``baselines`` (``cnn``, ``kmer``: :mod:`mergedna.baselines`) every task and seed also
+trains those references on the same splits with the same seed, each to
+``<out>/runs/<task>/seed<k>/baselines/<name>.json``; they are summarised like the MergeDNA runs
+and appear as columns of the same table, with the mean wall time per run of each. ``model`` and
+``preset`` may both be None when baselines are given: a baselines-only table.
+
 The summary follows SPEC §8: per task the mean ± sample sd (n − 1) over seeds of each metric;
 over tasks the *plain* mean of the per-task means (never a mean of group means), with, when every
 task has the same seeds, the sd over seeds of the per-seed task mean. Tables show metrics × 100,
@@ -26,7 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .baselines import BASELINES, LABELS as BASELINE_LABELS, baseline_on_task
 from .data.task_formats import find_split_files
+from .data.tasks import load_task
 from .finetune import FinetuneSettings, add_training_arguments, finetune, settings_from_args
 from .provenance import run_metadata, write_json_atomic, write_text_atomic
 
@@ -53,6 +61,9 @@ SUITES = {
                                            "NT-500M": 89.26, "supervised CNN baseline": 79.24}},
     "nt": {"layout": "nt", "metric": "mcc", "published": {}, "published_source": "none in SPEC §9",
            "suite_means": {}},
+    # labelled files without a fixed split (e.g. the embedded UCI splice set): split 80/10/10 by split_seed
+    "csv": {"layout": "csv", "metric": "mcc", "published": {}, "published_source": "none",
+            "suite_means": {}},
 }
 TABLE_METRICS = ("mcc", "accuracy")
 
@@ -119,32 +130,58 @@ def markdown_table(results: dict) -> str:
     metric = spec["metric"]
     cols = summary["metrics"]
     meta = results["meta"]
-    lines = [f"# Benchmark `{results['suite']}`: {results['model_label']}", "",
+    base = results.get("baselines_summary", {})
+    has_model = results["model_label"] is not None
+    lines = [f"# Benchmark `{results['suite']}`: {results['model_label'] or 'baselines only'}", "",
              f"- command: `{meta['command']}`",
              f"- date {meta['date']}, commit {meta['git_commit']}{' (dirty)' if meta['git_dirty'] else ''}, "
              f"machine {meta['machine']['host']} ({meta['machine']['cpus']} CPUs, torch {meta['machine']['torch']})",
              "- settings: " + ", ".join(f"{k}={v}" for k, v in results["settings"].items() if v is not None),
              f"- test metrics × 100, mean ± sd over seeds (sd with n − 1); published: {spec['published_source']}",
-             "", "| task | seeds | " + " | ".join(f"{c} (mean ± sd)" for c in cols)
-             + f" | published {metric} | Δ {metric} |", "|---" * (len(cols) + 4) + "|"]
+             ]
+    if base:
+        lines.append("- baselines on the same splits and seeds, selected on dev: "
+                     + "; ".join(f"{n} = {BASELINE_LABELS[n]}" for n in base)
+                     + "; s/run = mean wall seconds per run (training, selection and test)")
+    base_cols = [f"{n} {c}" for n in base for c in cols]
+    time_cols = (["s/run MergeDNA"] if has_model else []) + [f"s/run {n}" for n in base]
+    model_cols = [f"{c} (mean ± sd)" for c in cols] if has_model else []
+    header = ["task", "seeds", *model_cols, *base_cols, *time_cols, f"published {metric}"]
+    if has_model:
+        header.append(f"Δ {metric}")
+    lines += ["", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    tasks = list(dict.fromkeys([*summary["tasks"], *(t for b in base.values() for t in b["tasks"])]))
     flagged = []
-    for task, entry in summary["tasks"].items():
+    for task in tasks:
+        entry = summary["tasks"].get(task)
+        bcells = [_pct(base[n]["tasks"].get(task, {}).get(c)) for n in base for c in cols]
+        tcells = ([_secs(results["runs"], task)] if has_model else []) + \
+            [_secs(results.get("baseline_runs", {}).get(n, []), task) for n in base]
+        if entry is None:
+            entry0 = next(b["tasks"][task] for b in base.values() if task in b["tasks"])
+            pub = entry0["published"]
+            lines.append(f"| {task} | {len(entry0['seeds'])} | " + " | ".join(bcells + tcells)
+                         + f" | {pub if pub is not None else '–'} |")
+            continue
         mark = "" if entry["comparable"] else " †"
         if mark:
             flagged.append(task)
         pub = entry["published"]
         delta = f"{100 * entry[metric]['mean'] - pub:+.2f}" if pub is not None and entry[metric]["mean"] is not None \
             else "–"
-        lines.append(f"| {task}{mark} | {len(entry['seeds'])} | " + " | ".join(_pct(entry[c]) for c in cols)
+        lines.append(f"| {task}{mark} | {len(entry['seeds'])} | "
+                     + " | ".join([_pct(entry[c]) for c in cols] + bcells + tcells)
                      + f" | {pub if pub is not None else '–'} | {delta} |")
     over = summary["mean_over_tasks"]
-    if over:
-        pub = over["published"]
-        ours = over[metric]["mean"]
+    ref = over or (next(iter(base.values()))["mean_over_tasks"] if base else {})
+    if ref:
+        pub = ref["published"]
+        ours = over[metric]["mean"] if over else None
         delta = f"{100 * ours - pub:+.2f}" if pub is not None and ours is not None else "–"
-        lines.append(f"| **plain mean over {over[metric]['tasks']} tasks** | | "
-                     + " | ".join(_pct(over[c]) for c in cols)
-                     + f" | {f'{pub:.2f}' if pub is not None else '–'} | {delta} |")
+        cells = ([_pct(over.get(c)) for c in cols] if has_model else []) \
+            + [_pct(base[n]["mean_over_tasks"].get(c)) for n in base for c in cols] + [""] * len(time_cols)
+        lines.append(f"| **plain mean over {ref[metric]['tasks']} tasks** | | " + " | ".join(cells)
+                     + f" | {f'{pub:.2f}' if pub is not None else '–'} |" + (f" {delta} |" if has_model else ""))
     lines.append("")
     if flagged:
         lines.append(f"† trained on the task's dev split (no train split shipped): not comparable with published "
@@ -158,6 +195,11 @@ def markdown_table(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _secs(runs: list[dict], task: str) -> str:
+    secs = [r["seconds"] for r in runs if r["task"] == task]
+    return (f"{np.mean(secs):.0f}" if np.mean(secs) >= 10 else f"{np.mean(secs):.1f}") if secs else "–"
+
+
 def _run_record(task: str, seed: int, run_dir: Path, metrics: dict) -> dict:
     return {"task": task, "seed": seed, "dir": str(run_dir), "test": metrics["test"],
             "best_step": metrics["best_step"], "best_dev": metrics["best_dev"], "steps": metrics["steps"],
@@ -168,7 +210,7 @@ def _run_record(task: str, seed: int, run_dir: Path, metrics: dict) -> dict:
 def run_benchmark(suite: str, data_root: str | os.PathLike, out: str | os.PathLike, tasks: list[str] | None = None,
                   seeds: int = 3, first_seed: int = 0, *, model: str | os.PathLike | None = None,
                   preset: str | None = None, command: str | None = None, progress: bool = True,
-                  save_models: bool = False, on_run=None, **settings) -> dict:
+                  save_models: bool = False, on_run=None, baselines: tuple | list = (), **settings) -> dict:
     """Fine-tune each of ``tasks`` (folders relative to ``data_root``; default: every task folder
     with a train split) with seeds ``first_seed .. first_seed + seeds - 1``.
 
@@ -182,27 +224,58 @@ def run_benchmark(suite: str, data_root: str | os.PathLike, out: str | os.PathLi
         raise ValueError(f"unknown suite {suite!r}; choose from {sorted(SUITES)}")
     data_root, out = Path(data_root), Path(out)
     tasks = list(tasks) if tasks else discover_tasks(data_root)
-    missing = [t for t in tasks if not (data_root / t).is_dir()]
+    missing = [t for t in tasks if not (data_root / t).exists()]
     if missing or not tasks:
         raise FileNotFoundError(f"task folders not found under {data_root}: {missing or 'none at all'}; "
                                 f"available: {discover_tasks(data_root) if data_root.is_dir() else 'none'}")
+    unknown = sorted(set(baselines) - set(BASELINES))
+    if unknown:
+        raise ValueError(f"unknown baselines {unknown}; choose from {list(BASELINES)}")
+    baselines = [b for b in BASELINES if b in baselines]
+    with_model = model is not None or preset is not None
+    if not with_model and not baselines:
+        raise ValueError("give a model, a preset or at least one baseline")
     full_settings = dataclasses.asdict(FinetuneSettings(**settings))
     source = {"checkpoint": str(Path(model).resolve())} if model is not None else {"preset": preset}
-    label = f"checkpoint {source['checkpoint']}" if model is not None else f"preset {preset!r} (random init)"
+    label = (f"checkpoint {source['checkpoint']}" if model is not None else f"preset {preset!r} (random init)") \
+        if with_model else None
     results = {"suite": suite, "data_root": str(data_root.resolve()), "tasks": tasks,
-               "seeds": list(range(first_seed, first_seed + seeds)), "model": source, "model_label": label,
-               "settings": full_settings, "meta": run_metadata(command), "runs": [], "skipped": []}
+               "seeds": list(range(first_seed, first_seed + seeds)), "model": source if with_model else None,
+               "model_label": label, "settings": full_settings, "meta": run_metadata(command), "runs": [],
+               "skipped": [], "baselines": baselines, "baseline_runs": {b: [] for b in baselines}}
     out.mkdir(parents=True, exist_ok=True)
 
     def flush():
         results["summary"] = summarise(results["runs"], tasks, suite)
+        results["baselines_summary"] = {b: summarise(results["baseline_runs"][b], tasks, suite) for b in baselines}
         results["updated"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         write_json_atomic(out / "results.json", results)
         write_text_atomic(out / "results.md", markdown_table(results))
 
     for task in tasks:
+        loaded = None
         for seed in results["seeds"]:
             run_dir = out / "runs" / task / f"seed{seed}"
+            for name in baselines:
+                path = run_dir / "baselines" / f"{name}.json"
+                reused = path.is_file()
+                if reused:
+                    res = json.loads(path.read_text())
+                    results["skipped"].append(f"{task}/seed{seed}/{name}")
+                else:
+                    if loaded is None:
+                        loaded = load_task(data_root / task, SUITES[suite]["layout"])
+                    res = baseline_on_task(name, loaded, seed, command, **settings)
+                    write_json_atomic(path, res)
+                results["baseline_runs"][name].append(
+                    {"task": task, "seed": seed, "dir": str(path), "test": res["test"], "best_dev": res["best_dev"],
+                     "comparable": res["task"]["comparable"], "dev_source": res["task"]["dev_source"],
+                     "seconds": res["seconds"], "date": res["date"]})
+                flush()
+                if on_run is not None:
+                    on_run({**results["baseline_runs"][name][-1], "baseline": name}, reused)
+            if not with_model:
+                continue
             done = run_dir / "metrics.json"
             skipped = done.is_file()
             if skipped:
@@ -270,14 +343,20 @@ def cmd_compare(args) -> int:
 
 
 def cmd_benchmark(args) -> int:
+    if args.baselines is None:
+        args.baselines = list(BASELINES)
+    if args.model is None and args.preset is None and not args.baselines:
+        raise SystemExit("mergedna benchmark: give --model or --preset, or at least one baseline")
     def report(record, skipped):
         metric = SUITES[args.suite]["metric"]
-        print(f"{record['task']} seed {record['seed']}: test {metric} {record['test'][metric]:.4f}"
+        who = f" {record['baseline']}" if "baseline" in record else ""
+        print(f"{record['task']} seed {record['seed']}{who}: test {metric} {record['test'][metric]:.4f}"
               f"{' (done before, reused)' if skipped else ''}", flush=True)
 
     results = run_benchmark(args.suite, args.data_root, args.out, args.tasks, args.seeds, args.first_seed,
                             model=args.model, preset=args.preset, command=shlex.join(["mergedna", *sys.argv[1:]]),
                             progress=not args.no_progress, save_models=args.save_models, on_run=report,
+                            baselines=args.baselines,
                             **settings_from_args(args))
     print()
     print(markdown_table(results))
@@ -292,12 +371,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--suite", choices=sorted(SUITES), default="gue")
     p.add_argument("--data-root", required=True,
                    help="folder holding the suite's task folders (e.g. ../shared/data/gue)")
-    p.add_argument("--tasks", nargs="+", help="task folders relative to --data-root (default: all with a train split)")
+    p.add_argument("--tasks", nargs="+", help="task folders (files for --suite csv) relative to --data-root "
+                                              "(default: all folders with a train split)")
     p.add_argument("--seeds", type=int, default=3, help="number of seeds per task")
     p.add_argument("--first-seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output directory (rerunning skips finished runs)")
     p.add_argument("--save-models", action="store_true", help="keep every run's fine-tuned checkpoint")
-    add_training_arguments(p)
+    p.add_argument("--baselines", nargs="*", choices=BASELINES, default=None,
+                   help="also train these references on the same splits and seeds (default: cnn kmer; "
+                        "--baselines with no name: none). Without --model/--preset: a baselines-only table")
+    add_training_arguments(p, source_required=False)
     p.set_defaults(func=cmd_benchmark)
     c = subparsers.add_parser("compare", help="side-by-side table of several benchmark results folders")
     c.add_argument("results", nargs="+", help="folders written by mergedna benchmark --out")

@@ -15,17 +15,20 @@ from dataclasses import dataclass
 MERGE_SCOPES = ("sequence", "window")
 MERGE_GRADS = ("relaxed", "none")
 TOKENIZERS = ("learned", "none", "fixed")
+POOLINGS = ("mean", "cls", "attention", "flatten")
 
 
-def _type_ok(value, default) -> bool:
-    """``value`` has the type of the field's ``default`` (an int where a float is expected is fine)."""
-    if default is None:  # label_names: a list or None
-        return value is None or isinstance(value, list)
-    if isinstance(default, bool):
-        return isinstance(value, bool)
-    if isinstance(default, float):
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    return isinstance(value, type(default)) and not (isinstance(value, bool) and not isinstance(default, bool))
+_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "list": (list,), "dict": (dict,),
+          "None": (type(None),)}
+
+
+def _type_ok(value, annotation: str) -> bool:
+    """``value`` fits the field's annotation, e.g. ``"int | None"`` (an int where a float is expected is fine;
+    a bool is never a number)."""
+    allowed = [t.strip() for t in str(annotation).split("|")]
+    if isinstance(value, bool):
+        return "bool" in allowed
+    return any(isinstance(value, _TYPES.get(name, (object,))) for name in allowed)
 
 
 @dataclass
@@ -55,6 +58,13 @@ class MergeDNAConfig:
     init_std: float = 0.02
     num_labels: int = 2  # classification heads
     classifier_dropout: float = 0.1
+    # sequence head (heads.py): "mean" (the paper's size-weighted mean over bases), "cls" (a learned
+    # token that never merges, prepended to the Local Encoder's output; needs cls_token), "attention"
+    # (attention pooling over bases with a learned absolute-position term), "flatten" (per-base features
+    # flattened into a linear layer: fixed-length tasks of at most pool_length bases)
+    pooling: str = "mean"
+    cls_token: bool = False  # MergeDNAModel prepends a learned CLS token to the Latent Encoder's input
+    pool_length: int | None = None  # bases the "attention"/"flatten" heads cover (default max_length)
     label_names: list | None = None  # optional names of the classes, index = label id
 
     def __post_init__(self):
@@ -72,6 +82,10 @@ class MergeDNAConfig:
             raise ValueError(f"tokenizer must be one of {TOKENIZERS}, got {self.tokenizer!r}")
         if self.window_size < 2 or self.window_size % 2:
             raise ValueError(f"window_size must be an even number >= 2, got {self.window_size}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.pooling == "cls" and not self.cls_token:
+            raise ValueError("pooling='cls' needs cls_token=True")
         if not 0.0 < self.merge_ratio <= 1.0:
             raise ValueError(f"merge_ratio must be in (0, 1], got {self.merge_ratio}")
 
@@ -89,8 +103,8 @@ class MergeDNAConfig:
         if unknown:
             raise ValueError(f"unknown config keys: {unknown}")
         for f in dataclasses.fields(cls):
-            if f.name in d and not _type_ok(d[f.name], f.default):
-                raise ValueError(f"{f.name} must be {type(f.default).__name__}, got {d[f.name]!r}")
+            if f.name in d and not _type_ok(d[f.name], f.type):
+                raise ValueError(f"{f.name} must be {f.type}, got {d[f.name]!r}")
         return cls(**{k: v for k, v in d.items() if k in names})
 
     def replace(self, **changes) -> "MergeDNAConfig":

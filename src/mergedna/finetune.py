@@ -52,19 +52,29 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .config import PRESETS, preset as preset_config
+from .config import POOLINGS, PRESETS, preset as preset_config
 from .data.task_batching import LENGTH_POLICIES, average_chunk_logits, make_dataloader
 from .data.tasks import LAYOUTS, LabelledSplit, Task, load_task, make_split
 from .heads import MergeDNAForSequenceClassification
 from .precision import PRECISIONS, autocast, resolve
+from .pretrained import load_config
 from .provenance import run_metadata
 from .runs import claim_run_dir
 from .seqio import atomic_path, write_json_atomic
-from .training.trainer import adamw
+from .training.optim import adamw, lr_factor, param_groups
 
 METRICS = ("mcc", "accuracy", "f1", "auroc")
 # every Local and Latent Encoder block's attention and SwiGLU linears (not the grouping projections)
 LORA_TARGETS = r"mergedna\.(local_encoder|latent_encoder)\.blocks\.\d+\.(attn\.(qkv|proj)|ffn\.(w12|w3))"
+
+
+# peak learning rates when none is given: a randomly initialised encoder needs a far larger step than
+# a pretrained one (the paper's fine-tuning grid, for pretrained models, tops out at 1e-4)
+DEFAULT_LR = {"random": 1e-3, "pretrained": 1e-4}
+FLATTEN_MAX_LENGTH = 1024  # pooling="auto" flattens fixed-length tasks up to this many bases
+# --sweep: the paper's grid for pretrained models; "and up" for a randomly initialised one
+SWEEP_LRS = {"pretrained": (1e-5, 5e-5, 1e-4), "random": (1e-4, 3e-4, 1e-3)}
+SWEEP_WEIGHT_DECAYS = (0.0, 0.01)
 
 
 class TaskSetupError(ValueError):
@@ -77,11 +87,11 @@ class FinetuneSettings:
     None means about ten evaluations per run and at least one per epoch; ``patience`` None turns
     early stopping off (the best-on-dev weights are still restored)."""
 
-    lr: float = 5e-5
+    lr: float | None = None  # None: DEFAULT_LR for the model's init (random or pretrained)
     weight_decay: float = 0.01
     batch_size: int = 32
     eval_batch_size: int | None = None
-    epochs: float = 3.0
+    epochs: float = 10.0
     max_steps: int | None = None
     warmup_ratio: float = 0.1
     warmup_steps: int | None = None
@@ -97,6 +107,7 @@ class FinetuneSettings:
     length_policy: str = "error"
     max_length: int | None = None
     merge_ratio: float | None = None
+    pooling: str | None = "auto"  # sequence head (config.pooling): "auto" (see default_pooling); None keeps the model's
     dev_fraction: float = 0.1
     split_seed: int = 0
     train_on_dev: bool = False
@@ -105,7 +116,8 @@ class FinetuneSettings:
         checks = {"schedule": (self.schedule, ("linear", "cosine")),
                   "precision": (self.precision, PRECISIONS),
                   "select_metric": (self.select_metric, METRICS),
-                  "length_policy": (self.length_policy, LENGTH_POLICIES)}
+                  "length_policy": (self.length_policy, LENGTH_POLICIES),
+                  "pooling": (self.pooling, (None, "auto", *POOLINGS))}
         for name, (value, allowed) in checks.items():
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
@@ -174,9 +186,18 @@ def prepare_splits(task: Task, settings: FinetuneSettings) -> tuple[dict[str, La
     return {k: splits[k] for k in ("train", "dev", "test")}, notes
 
 
+def default_pooling(train: LabelledSplit) -> str:
+    """The sequence head ``pooling="auto"`` picks (results/position_heads): ``flatten`` when every
+    training sequence has the same length, at most :data:`FLATTEN_MAX_LENGTH` bases; else ``cls``."""
+    lengths = train.lengths
+    return "flatten" if lengths.min() == lengths.max() <= FLATTEN_MAX_LENGTH else "cls"
+
+
 def build_model(task: Task, model: str | os.PathLike | None, preset: str | None,
-                settings: FinetuneSettings) -> tuple[MergeDNAForSequenceClassification, dict]:
+                settings: FinetuneSettings, train: LabelledSplit | None = None
+                ) -> tuple[MergeDNAForSequenceClassification, dict]:
     """The classifier for ``task``: from checkpoint ``model`` (fresh head) or random ``preset``.
+    ``train`` (the training split) chooses the ``auto`` head and sizes the position-aware poolers.
     Call after seeding: the random parts draw from torch's global generator."""
     if (model is None) == (preset is None):
         raise ValueError("give exactly one of model (a checkpoint directory) or preset (random initialisation)")
@@ -184,9 +205,22 @@ def build_model(task: Task, model: str | os.PathLike | None, preset: str | None,
     for key in ("merge_ratio", "max_length"):
         if getattr(settings, key) is not None:
             overrides[key] = getattr(settings, key)
+    pooling = settings.pooling
+    if pooling == "auto":
+        pooling = default_pooling(train) if train is not None else "cls"
+    if pooling is not None:
+        overrides.update(pooling=pooling, cls_token=pooling == "cls")
+        if pooling in ("attention", "flatten") and train is not None:
+            overrides["pool_length"] = int(train.lengths.max())
     if model is not None:
-        # the head is always new, also on a fine-tuned model; the decoders of a pretraining checkpoint are dropped
-        return (MergeDNAForSequenceClassification.from_pretrained(model, fresh=("classifier.",), **overrides),
+        # the head is always new, also on a fine-tuned model; the decoders of a pretraining checkpoint are dropped;
+        # a CLS token the checkpoint lacks is new too (one it has is kept, whatever the head)
+        fresh = ("classifier.",)
+        if load_config(model).cls_token:
+            overrides["cls_token"] = True
+        elif overrides.get("cls_token"):
+            fresh += ("mergedna.cls",)
+        return (MergeDNAForSequenceClassification.from_pretrained(model, fresh=fresh, **overrides),
                 {"checkpoint": str(Path(model).resolve()), "init": "pretrained"})
     return MergeDNAForSequenceClassification(preset_config(preset, **overrides)), {"preset": preset, "init": "random"}
 
@@ -201,8 +235,10 @@ def apply_lora(model: MergeDNAForSequenceClassification, rank: int, alpha: float
     cfg = LoraConfig(r=rank, lora_alpha=2 * rank if alpha is None else alpha, lora_dropout=dropout,
                      target_modules=LORA_TARGETS, bias="none")
     wrapped = get_peft_model(model, cfg)
-    for param in model.classifier.parameters():
+    for param in [*model.classifier.parameters(), *model.pooler.parameters()]:
         param.requires_grad_(True)
+    if model.config.cls_token:
+        model.mergedna.cls.requires_grad_(True)
     return wrapped
 
 
@@ -228,38 +264,32 @@ def evaluate(model, loader, split: LabelledSplit, precision: str = "auto", name:
             "probs": probs}
 
 
-def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
-    """Multiplier of the peak lr at optimizer step ``step`` (0-based): linear warm-up over ``warmup``
-    steps, then linear or cosine decay towards 0 at ``total``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return max(0.0, 1.0 - progress) if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
 def fit(model, train_loader, evaluate_dev, settings: FinetuneSettings, progress: bool = True,
         on_best=None) -> dict:
     """Train ``model`` (its parameters with ``requires_grad``) on ``train_loader``; every
     ``eval_every`` steps and at the end call ``evaluate_dev(model) -> metrics``, and
     ``on_best(model, step, dev)`` when the dev score improves (to checkpoint it). Restores the
     trainable weights of the best dev evaluation (first one wins ties). Returns the history:
-    ``dev_curve``, ``best_step``, ``best_dev``, ``steps``, ``stopped_early``."""
+    ``dev_curve``, ``best_step``, ``best_dev``, ``steps``, ``stopped_early``, the ``lr`` used, and the
+    cost: ``epochs_done``, ``sequences_seen``, ``train_seconds`` (training steps only),
+    ``eval_seconds`` (dev evaluations) and training ``sequences_per_s``."""
     steps_per_epoch = len(train_loader)
     total = settings.max_steps or max(1, math.ceil(settings.epochs * steps_per_epoch))
     eval_every = settings.eval_every or max(1, min(steps_per_epoch, math.ceil(total / 10)))
     warmup = settings.warmup_steps if settings.warmup_steps is not None else round(settings.warmup_ratio * total)
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    groups = [{"params": [p for _, p in trainable if p.ndim >= 2], "weight_decay": settings.weight_decay},
-              {"params": [p for _, p in trainable if p.ndim < 2], "weight_decay": 0.0}]
-    optimizer = adamw(groups, lr=settings.lr)
+    lr = settings.lr if settings.lr is not None else DEFAULT_LR["pretrained"]
+    optimizer = adamw(param_groups(trainable, settings.weight_decay), lr=lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total, settings.schedule))
     curve, best, best_state, bad, losses = [], None, None, 0, []
     step, epoch, stopped_early = 0, 0, False
+    seen, train_seconds, eval_seconds, tick = 0, 0.0, 0.0, time.perf_counter()
     bar = tqdm(total=total, desc="fine-tune", disable=not progress, dynamic_ncols=True)
     model.train()
     while step < total and not stopped_early:
         train_loader.batch_sampler.set_epoch(epoch)
         for batch in train_loader:
+            seen += len(batch["labels"])
             with autocast(settings.precision):
                 loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                              labels=batch["labels"]).loss
@@ -276,7 +306,11 @@ def fit(model, train_loader, evaluate_dev, settings: FinetuneSettings, progress:
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
             if step % eval_every == 0 or step == total:
+                now = time.perf_counter()
+                train_seconds += now - tick
                 dev = {k: v for k, v in evaluate_dev(model).items() if k != "probs"}
+                tick = time.perf_counter()
+                eval_seconds += tick - now
                 curve.append({"step": step, "epoch": round(step / steps_per_epoch, 3),
                               "train_loss": float(np.mean(losses)), "dev": dev})
                 losses = []
@@ -296,12 +330,15 @@ def fit(model, train_loader, evaluate_dev, settings: FinetuneSettings, progress:
                 break
         epoch += 1
     bar.close()
+    train_seconds += time.perf_counter() - tick
     with torch.no_grad():
         for (_, p), saved in zip(trainable, best_state):
             p.copy_(saved)
     return {"dev_curve": curve, "best_step": best[0], "best_dev": best[2], "steps": step, "total_steps": total,
             "eval_every": eval_every, "warmup_steps": warmup, "stopped_early": stopped_early,
-            "steps_per_epoch": steps_per_epoch}
+            "steps_per_epoch": steps_per_epoch, "lr": lr, "epochs_done": round(step / steps_per_epoch, 3),
+            "sequences_seen": seen, "train_seconds": round(train_seconds, 2), "eval_seconds": round(eval_seconds, 2),
+            "sequences_per_s": round(seen / max(train_seconds, 1e-9), 1)}
 
 
 def plot_dev_curve(result: dict, path: str | os.PathLike) -> None:
@@ -341,10 +378,45 @@ def _write_predictions(path: Path, split: LabelledSplit, probs: np.ndarray, labe
                                 *(f"{x:.6g}" for x in p)]) + "\n")
 
 
+def train_selected_on_dev(task: Task, splits: dict[str, LabelledSplit], model, preset, seed: int,
+                          settings: FinetuneSettings, progress: bool = True, on_best=None):
+    """Seed, build the classifier (LoRA-wrapped when asked), :func:`fit` it on ``splits["train"]``
+    selecting on ``splits["dev"]``. Returns ``(classifier with the best-on-dev weights, adapters
+    merged; source notes; fit history; trainable parameter count)``. Test is never touched."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    classifier, source = build_model(task, model, preset, settings, splits["train"])
+    net = apply_lora(classifier, settings.lora_rank, settings.lora_alpha, settings.lora_dropout) \
+        if settings.lora_rank > 0 else classifier
+    eval_bs = settings.eval_batch_size or 2 * settings.batch_size
+    train_loader = make_dataloader(splits["train"], settings.batch_size, classifier.config.max_length,
+                                   settings.length_policy, shuffle=True, seed=seed)
+    dev_loader = make_dataloader(splits["dev"], eval_bs, classifier.config.max_length, settings.length_policy,
+                                 shuffle=False)
+    if settings.lr is None:
+        settings = dataclasses.replace(settings, lr=DEFAULT_LR[source["init"]])
+    history = fit(net, train_loader,
+                  lambda m: evaluate(m, dev_loader, splits["dev"], settings.precision, "dev"), settings, progress,
+                  on_best=on_best)
+    trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    if settings.lora_rank > 0:
+        classifier = net.merge_and_unload()
+    return classifier, source, history, trainable
+
+
+def sweep_grid(init: str, settings: FinetuneSettings, lora_ranks=None) -> list[dict]:
+    """The ``--sweep`` grid (SPEC §8, issue 14): peak lr from :data:`SWEEP_LRS` for the init, weight
+    decay {0, 0.01}, and LoRA ranks ``lora_ranks`` (default: the settings' own rank only)."""
+    ranks = [settings.lora_rank] if lora_ranks is None else list(lora_ranks)
+    return [{"lr": lr, "weight_decay": wd, "lora_rank": r}
+            for r in ranks for lr in SWEEP_LRS[init] for wd in SWEEP_WEIGHT_DECAYS]
+
+
 def finetune(task, out: str | os.PathLike | None = None, *, model: str | os.PathLike | None = None,
              preset: str | None = None, layout: str = "auto", seed: int = 0, command: str | None = None,
              progress: bool = True, save_model: bool = True, overwrite: bool = False, task_options: dict | None = None,
-             **settings) -> dict:
+             baselines=(), sweep: bool = False, sweep_lora_ranks=None, **settings) -> dict:
     """Fine-tune on ``task`` (a :class:`Task` or a path read with ``layout``) and evaluate once on test.
 
     With ``out``, first claims it as this run's folder and writes ``run.json`` (settings, provenance;
@@ -354,8 +426,15 @@ def finetune(task, out: str | os.PathLike | None = None, *, model: str | os.Path
     ``settings`` are :class:`FinetuneSettings` fields. Returns what ``out/metrics.json`` holds
     (when ``out`` is given): task and split notes, model source and config, settings, seed, run
     metadata (:func:`run_metadata`), ``dev_curve``, ``best_step``, ``best_dev``, ``test`` metrics
-    and ``test_evaluations`` (always 1).
+    and ``test_evaluations`` (always 1). ``baselines`` (names of :mod:`mergedna.baselines`) also
+    trains those references on the same splits with the same seed: ``result["baselines"][name]``
+    (test and best-dev metrics, wall time), the full records in ``out/baselines/<name>.json``.
+
+    ``sweep``: train one model per point of :func:`sweep_grid` (same seed and splits), keep the one
+    with the best dev selection metric (the first on ties) and evaluate only that one on test;
+    ``result["sweep"]`` lists every trial's settings, dev metrics and cost.
     """
+    given = settings
     settings = FinetuneSettings(**settings)
     started = time.time()
     if out is not None:
@@ -366,40 +445,51 @@ def finetune(task, out: str | os.PathLike | None = None, *, model: str | os.Path
     if not isinstance(task, Task):
         task = load_task(task, layout, **(task_options or {}))
     splits, notes = prepare_splits(task, settings)
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    classifier, source = build_model(task, model, preset, settings)
-    net = apply_lora(classifier, settings.lora_rank, settings.lora_alpha, settings.lora_dropout) \
-        if settings.lora_rank > 0 else classifier
-    max_length = classifier.config.max_length
-    eval_bs = settings.eval_batch_size or 2 * settings.batch_size
-
-    def loader(name, shuffle, batch_size):
-        return make_dataloader(splits[name], batch_size, max_length, settings.length_policy, shuffle=shuffle,
-                               seed=seed)
-
-    train_loader, dev_loader = loader("train", True, settings.batch_size), loader("dev", False, eval_bs)
+    init = "pretrained" if model is not None else "random"
+    points = sweep_grid(init, settings, sweep_lora_ranks) if sweep else [{}]
 
     def save_best(net, step, dev):  # a failure late in the run keeps the best model so far
-        best = copy.deepcopy(net).merge_and_unload() if settings.lora_rank > 0 else net
+        best = copy.deepcopy(net).merge_and_unload() if hasattr(net, "merge_and_unload") else net
         best.save_pretrained(Path(out) / "model")
 
-    history = fit(net, train_loader,
-                  lambda m: evaluate(m, dev_loader, splits["dev"], settings.precision, "dev"), settings, progress,
-                  on_best=save_best if out is not None and save_model else None)
-    trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
-    if settings.lora_rank > 0:
-        classifier = net.merge_and_unload()
-    test = evaluate(classifier, loader("test", False, eval_bs), splits["test"], settings.precision, "test", progress)
+    on_best = save_best if out is not None and save_model and len(points) == 1 else None
+    trials, best = [], None
+    for point in points:
+        trial_settings = dataclasses.replace(settings, **point)
+        classifier, source, history, trainable = train_selected_on_dev(task, splits, model, preset, seed,
+                                                                       trial_settings, progress, on_best)
+        score = history["best_dev"][settings.select_metric]
+        score = -math.inf if score is None else score
+        trials.append({**point, "best_dev": history["best_dev"], "best_step": history["best_step"],
+                       "steps": history["steps"], "train_seconds": history["train_seconds"]})
+        if best is None or score > best[0]:
+            best = (score, point, classifier, source, history, trainable)
+        del classifier
+    _, point, classifier, source, history, trainable = best
+    test = evaluate(classifier, make_dataloader(splits["test"], settings.eval_batch_size or 2 * settings.batch_size,
+                                                classifier.config.max_length, settings.length_policy, shuffle=False),
+                    splits["test"], settings.precision, "test", progress)
     probs = test.pop("probs")
+    seconds = round(time.time() - started, 1)
+    reference = {}
+    if baselines:
+        from .baselines import run_baseline
+
+        for name in baselines:
+            reference[name] = run_baseline(name, splits, task.num_classes, seed)
+    lora_rank = point.get("lora_rank", settings.lora_rank)
     result = {
         "task": {"name": task.name, "root": task.root, "metric": task.metric, "label_names": list(task.label_names),
                  "sizes": {k: len(v) for k, v in splits.items()}, **notes},
         "model": {**source, "config": classifier.config.to_dict(), "parameters": classifier.num_parameters(),
-                  "trainable_parameters": trainable, "mode": "lora" if settings.lora_rank > 0 else "full"},
-        "settings": dataclasses.asdict(settings), "seed": seed, **run_metadata(command), **history,
-        "test": test, "test_evaluations": 1, "seconds": round(time.time() - started, 1)}
+                  "trainable_parameters": trainable, "mode": "lora" if lora_rank > 0 else "full"},
+        "settings": dataclasses.asdict(FinetuneSettings(**given)), "seed": seed, **run_metadata(command), **history,
+        "test": test, "test_evaluations": 1, "seconds": seconds}
+    if sweep:
+        result["sweep"] = {"selected": point, "select_metric": settings.select_metric, "trials": trials}
+    if reference:
+        result["baselines"] = {n: {k: r[k] for k in ("label", "test", "best_dev", "seconds")}
+                               for n, r in reference.items()}
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -408,20 +498,24 @@ def finetune(task, out: str | os.PathLike | None = None, *, model: str | os.Path
         with atomic_path(out / "test_predictions.tsv") as tmp:
             _write_predictions(tmp, splits["test"], probs, task.label_names)
         plot_dev_curve(result, out / "dev_curve.png")
+        for name, r in reference.items():
+            write_json_atomic(out / "baselines" / f"{name}.json", {**r, "seed": seed, **run_metadata(command)})
         write_json_atomic(out / "metrics.json", result)
     return result
 
 
-def add_training_arguments(p: argparse.ArgumentParser) -> None:
+def add_training_arguments(p: argparse.ArgumentParser, source_required: bool = True) -> None:
     """Options shared by ``finetune`` and ``benchmark``: model source and :class:`FinetuneSettings`."""
-    src = p.add_mutually_exclusive_group(required=True)
+    src = p.add_mutually_exclusive_group(required=source_required)
     src.add_argument("--model", help="checkpoint directory (save_pretrained); the head is new")
     src.add_argument("--preset", choices=sorted(PRESETS), help="random initialisation (the from-scratch baseline)")
     d = FinetuneSettings()
     p.add_argument("--lora-rank", type=int, default=d.lora_rank, help="LoRA rank; 0 = full fine-tuning (default)")
     p.add_argument("--lora-alpha", type=float, help="LoRA alpha (default 2 x rank)")
     p.add_argument("--lora-dropout", type=float, default=d.lora_dropout)
-    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (paper grid: 1e-5, 5e-5, 1e-4)")
+    p.add_argument("--lr", type=float, help=f"peak learning rate (default {DEFAULT_LR['random']:g} from random "
+                                           f"init, {DEFAULT_LR['pretrained']:g} from a checkpoint; paper grid for "
+                                           "pretrained models: 1e-5, 5e-5, 1e-4)")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay (paper: 0 or 0.01)")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--eval-batch-size", type=int, help="default 2 x batch size")
@@ -442,6 +536,10 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                    help="sequences longer than the model's max_length: error, truncate (centre) or chunk")
     p.add_argument("--max-length", type=int, help="override the model's max_length")
     p.add_argument("--merge-ratio", type=float, help="override the model's merge_ratio (L/N)")
+    p.add_argument("--pooling", choices=("auto", *POOLINGS), default="auto",
+                   help="sequence head: mean (the paper's), cls (a CLS token that never merges), attention (with "
+                        "absolute positions), flatten (per-base features flattened); auto (default): flatten "
+                        f"when all training sequences have one length <= {FLATTEN_MAX_LENGTH}, else cls")
     p.add_argument("--dev-fraction", type=float, default=d.dev_fraction, help="share carved for dev when needed")
     p.add_argument("--split-seed", type=int, default=d.split_seed, help="seed of carved splits (fixed across seeds)")
     p.add_argument("--train-on-dev", action="store_true",
@@ -462,19 +560,30 @@ def format_metrics(metrics: dict) -> str:
 
 
 def cmd_finetune(args) -> int:
+    if args.baselines == []:
+        args.baselines = ["cnn", "kmer"]
     columns = {k: int(v) if v.isdigit() else v for k, v in (("sequence_column", args.sequence_column),
                                                              ("label_column", args.label_column)) if v is not None}
     result = finetune(args.task, args.out, model=args.model, preset=args.preset, layout=args.layout, seed=args.seed,
                       command=shlex.join(["mergedna", *sys.argv[1:]]), progress=not args.no_progress,
-                      overwrite=args.overwrite, task_options=columns, **settings_from_args(args))
+                      overwrite=args.overwrite, task_options=columns, baselines=args.baselines or (),
+                      sweep=args.sweep, sweep_lora_ranks=args.sweep_lora_ranks, **settings_from_args(args))
     task = result["task"]
     print(f"task {task['name']}: train {task['sizes']['train']}, dev {task['sizes']['dev']}, "
           f"test {task['sizes']['test']} (dev: {task['dev_source']})")
     if not task["comparable"]:
         print(f"NOT COMPARABLE with published numbers: {task['reason']}")
+    if "sweep" in result:
+        for t in result["sweep"]["trials"]:
+            print(f"  sweep lr {t['lr']:g} weight decay {t['weight_decay']:g} LoRA rank {t['lora_rank']}: "
+                  f"best dev {result['sweep']['select_metric']} {t['best_dev'][result['sweep']['select_metric']]:.4f}")
+        print(f"selected on dev: {result['sweep']['selected']}")
     print(f"best dev step {result['best_step']} of {result['steps']}"
           f"{' (stopped early)' if result['stopped_early'] else ''}: {format_metrics(result['best_dev'])}")
-    print(f"test (evaluated once): {format_metrics(result['test'])}")
+    print(f"test (evaluated once): {format_metrics(result['test'])}  [{result['seconds']:.0f} s]")
+    for name, r in result.get("baselines", {}).items():
+        print(f"baseline {name} ({r['label']}), same splits, dev-selected: test {format_metrics(r['test'])}  "
+              f"[{r['seconds']:.0f} s]")
     print(f"wrote {args.out}/metrics.json, model/, dev_curve.png, test_predictions.tsv")
     return 0
 
@@ -493,6 +602,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (a new one, or one holding no run)")
     p.add_argument("--overwrite", action="store_true", help="--out holds another run: delete its files first")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sweep", action="store_true",
+                   help="train one model per lr x weight decay (x --sweep-lora-ranks) and keep the best on dev; "
+                        f"lr grid {SWEEP_LRS['pretrained']} from a checkpoint, {SWEEP_LRS['random']} from random init")
+    p.add_argument("--sweep-lora-ranks", type=int, nargs="+", help="LoRA ranks to sweep (0 = full fine-tuning)")
+    p.add_argument("--baselines", nargs="*", choices=("cnn", "kmer"), metavar="NAME",
+                   help="also train references on the same splits and seed: cnn, kmer (no name: both)")
     add_training_arguments(p)
     p.set_defaults(func=cmd_finetune)
     return p

@@ -1,7 +1,14 @@
 """Downstream heads (SPEC §8).
 
-* Sequence level: both decoders dropped; the Latent Encoder's tokens are pooled over bases
-  (a size-weighted mean, so every base counts once whatever its token length) into an MLP.
+* Sequence level: both decoders dropped; the Latent Encoder's output is pooled into an MLP.
+  ``config.pooling`` says how (:class:`SequencePooler`): ``mean``, the paper's size-weighted mean
+  over bases (every base counts once whatever its token length); ``cls``, the output of a learned
+  token that never merges (``config.cls_token``, see :class:`~mergedna.model.MergeDNAModel`);
+  ``attention``, attention pooling over bases (tokens un-merged by ``assign``) with a learned
+  absolute-position term; ``flatten``, per-base features projected to a few channels and flattened
+  into a linear layer, as the supervised CNN baselines do. The last two see where in the input a
+  feature sits, which rotary positions and mean pooling do not (issue 14); they cover
+  ``config.pool_length`` bases (bases beyond it: the position term is clamped, flatten drops them).
 * Base level: the Local Decoder is kept (un-merge + local attention over bases) and a
   per-base linear head sits on it.
 """
@@ -15,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import MergeDNAConfig
+from .merging import unmerge
 from .model import LocalDecoder, MergeDNAEncoderOutput, MergeDNAModel
 from .pretrained import MergeDNAPreTrainedModel
 
@@ -40,19 +48,59 @@ def pool_bases(z: torch.Tensor, sizes: torch.Tensor, mask: torch.Tensor) -> torc
     return (z.float() * w).sum(1) / w.sum(1).clamp_min(1e-6)
 
 
+POOL_HEADS = 4  # queries of the attention pooler
+FLATTEN_CHANNELS = 16  # per-base channels the flatten pooler keeps
+
+
+class SequencePooler(nn.Module):
+    """Encoder output -> one (B, D) vector per sequence, by ``config.pooling`` (module docstring)."""
+
+    def __init__(self, config: MergeDNAConfig):
+        super().__init__()
+        self.kind, D = config.pooling, config.hidden_size
+        self.length = config.pool_length or config.max_length
+        if self.kind == "attention":
+            self.pos = nn.Embedding(self.length, D)  # absolute base position
+            self.query = nn.Linear(D, POOL_HEADS, bias=False)
+            self.out = nn.Linear(POOL_HEADS * D, D)
+        elif self.kind == "flatten":
+            self.proj = nn.Linear(D, FLATTEN_CHANNELS)
+            self.out = nn.Linear(self.length * FLATTEN_CHANNELS, D)
+
+    def forward(self, enc: MergeDNAEncoderOutput) -> torch.Tensor:
+        if self.kind == "mean":
+            return pool_bases(enc.last_hidden_state, enc.token_sizes, enc.token_mask)
+        if self.kind == "cls":
+            return enc.cls_state
+        x = unmerge(enc.last_hidden_state, enc.assign)  # (B, N, D): each base its token's vector
+        mask = enc.base_mask
+        B, N, D = x.shape
+        if self.kind == "attention":
+            idx = torch.arange(N, device=x.device).clamp_max(self.length - 1)
+            x = x + self.pos(idx).to(x.dtype)  # (B, N, D)
+            scores = self.query(x).float().masked_fill(~mask[..., None], float("-inf"))  # (B, N, H)
+            weights = scores.softmax(1).to(x.dtype)
+            pooled = torch.einsum("bnh,bnd->bhd", weights, x)  # (B, H, D)
+            return self.out(pooled.reshape(B, POOL_HEADS * D))
+        feats = self.proj(x) * mask[..., None]  # (B, N, c), zero on padding
+        feats = F.pad(feats[:, : self.length], (0, 0, 0, max(0, self.length - N)))  # (B, length, c)
+        return self.out(feats.reshape(B, -1))
+
+
 class MergeDNAForSequenceClassification(MergeDNAPreTrainedModel):
     def __init__(self, config: MergeDNAConfig):
         super().__init__(config)
         self.mergedna = MergeDNAModel(config)
         D = config.hidden_size
+        self.pooler = SequencePooler(config)
         self.classifier = nn.Sequential(nn.Linear(D, D), nn.GELU(), nn.Dropout(config.classifier_dropout),
                                         nn.Linear(D, config.num_labels))
-        self.init_weights([self.classifier])
+        self.init_weights([self.pooler, self.classifier])
 
     def forward(self, input_ids, attention_mask=None, labels=None, merge_ratio=None,
                 output_hidden_states=False) -> SequenceClassifierOutput:
         enc = self.mergedna(input_ids, attention_mask, merge_ratio, output_hidden_states=output_hidden_states)
-        pooled = pool_bases(enc.last_hidden_state, enc.token_sizes, enc.token_mask)
+        pooled = self.pooler(enc)
         logits = self.classifier(pooled)
         loss = F.cross_entropy(logits.float(), labels) if labels is not None else None
         return SequenceClassifierOutput(logits=logits, pooled=pooled, encoder=enc, loss=loss)

@@ -85,6 +85,7 @@ class MergeDNAHFForSequenceClassification(_Base):
         native = MergeDNAForSequenceClassification(config.to_mergedna())
         self.mergedna = MergeDNAHFModel(config)
         self.classifier = native.classifier
+        self.pooler = native.pooler
         self.post_init()
 
 

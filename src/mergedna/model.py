@@ -56,6 +56,7 @@ class MergeDNAEncoderOutput:
     latent_assign: torch.Tensor | None = None  # (B, L): local token -> latent group
     latent_counts: torch.Tensor | None = None  # (B, K): local tokens per latent group
     hidden_states: tuple[torch.Tensor, ...] | None = None  # Local then Latent Encoder block outputs
+    cls_state: torch.Tensor | None = None  # (B, D): the CLS token's output, when config.cls_token
 
 
 @dataclass
@@ -259,6 +260,8 @@ class MergeDNAModel(MergeDNAPreTrainedModel):
         super().__init__(config)
         self.local_encoder = LocalEncoder(config)
         self.latent_encoder = LatentEncoder(config)
+        if config.cls_token:  # a learned token that never merges: the sequence's absolute anchor
+            self.cls = nn.Parameter(torch.randn(config.hidden_size) * config.init_std)
         self.init_weights()
 
     def forward(self, input_ids, attention_mask=None, merge_ratio=None, latent_merge_ratio=None,
@@ -267,8 +270,25 @@ class MergeDNAModel(MergeDNAPreTrainedModel):
         default); ``latent_merge_ratio`` turns on the global merge to K = ratio·L."""
         base_mask, lengths = check_inputs(input_ids, attention_mask)
         local = self.local_encoder(input_ids, base_mask, merge_ratio, output_hidden_states, lengths_cpu=lengths)
-        latent = self.latent_encoder(local.tokens, latent_merge_ratio, output_hidden_states)
-        return encoder_output(local, latent)
+        if not self.config.cls_token:
+            return encoder_output(local, self.latent_encoder(local.tokens, latent_merge_ratio, output_hidden_states))
+        if latent_merge_ratio is not None:
+            raise ValueError("cls_token does not combine with the latent global merge")
+        # CLS at position -1, just before base 0: rotary gives every token its distance to it.
+        # Prepended after the Local Encoder, so it never merges; size 0, so base pooling ignores it.
+        t = local.tokens
+        B = t.z.shape[0]
+        col = t.pos.new_full((B, 1), -1.0)
+        with_cls = replace(t, z=torch.cat([self.cls.to(t.z.dtype).expand(B, 1, -1), t.z], 1),  # (B, 1 + L, D)
+                           size=torch.cat([torch.zeros_like(col), t.size], 1), pos=torch.cat([col, t.pos], 1),
+                           mask=torch.cat([t.mask.new_ones(B, 1), t.mask], 1), segment=None,
+                           lengths_cpu=None if t.lengths_cpu is None else t.lengths_cpu + 1)
+        latent = self.latent_encoder(with_cls, None, output_hidden_states)
+        lt = latent.tokens
+        z = lt.z
+        latent = replace(latent, tokens=replace(lt, z=z[:, 1:], size=lt.size[:, 1:], pos=lt.pos[:, 1:],
+                                                mask=lt.mask[:, 1:], lengths_cpu=t.lengths_cpu))
+        return replace(encoder_output(local, latent), cls_state=z[:, 0])
 
 
 def encoder_output(local: LocalEncoderOutput, latent: LatentEncoderOutput) -> MergeDNAEncoderOutput:
