@@ -3,6 +3,13 @@
 Launched plainly, everything here is a no-op (world size 1). Under ``torchrun`` the
 environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT) selects the group: nccl when
 CUDA is available, gloo otherwise.
+
+Every collective the trainer issues goes through the helpers here, and they run it on tensors of
+``DistInfo.device``: NCCL serves CUDA tensors only ("No backend type associated with device type
+cpu"), so a CPU flag handed to an NCCL group would kill the run at its first step. We keep one
+backend per run and move the (few, small) host values to the device, rather than creating the
+group as "cpu:gloo,cuda:nccl": a single communicator orders every collective on one stream, needs
+no second rendezvous over TCP, and the values reduced (loss sums, flags) are on the device anyway.
 """
 
 from __future__ import annotations
@@ -40,27 +47,55 @@ def init_distributed(device: str | None = None) -> DistInfo:
     if use_cuda:
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        # device_id binds the NCCL communicator to this rank's GPU (no guessing from the current device)
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", device_id=dev if use_cuda else None)
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=dev)
 
 
-def wrap_model(module: nn.Module, info: DistInfo, strategy: str = "ddp") -> nn.Module:
-    """DDP (default) or FSDP2 (``fully_shard`` per transformer block, then the root)."""
+def wrap_model(module: nn.Module, info: DistInfo, strategy: str = "ddp", bf16: bool = False) -> nn.Module:
+    """DDP (default) or FSDP2 (``fully_shard`` per transformer block, then the root).
+
+    Under FSDP2 with ``bf16`` the parameters are all-gathered in bf16 and gradients reduce-scattered
+    in fp32 (``MixedPrecisionPolicy``): half the gather traffic, the optimizer still steps fp32 shards."""
     if not info.enabled:
         return module
     if strategy == "ddp":
         ids = [info.device.index] if info.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(module, device_ids=ids)
     if strategy == "fsdp":
-        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         from ..attention import Block
+        mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16
+              else MixedPrecisionPolicy())
         for sub in module.modules():
             if isinstance(sub, Block):
-                fully_shard(sub)
-        fully_shard(module)
+                fully_shard(sub, mp_policy=mp)
+        fully_shard(module, mp_policy=mp)
         return module
     raise ValueError(f"unknown distributed strategy {strategy!r} (ddp or fsdp)")
+
+
+def gradient_sync(wrapped: nn.Module, sync: bool):
+    """A context for one micro-step of gradient accumulation: with ``sync`` False, gradients stay
+    local (DDP ``no_sync``; FSDP2 ``set_requires_gradient_sync(False)``, which also skips the
+    reduce-scatter), so only the last micro-step of an optimizer step communicates."""
+    import contextlib
+
+    if sync:
+        return contextlib.nullcontext()
+    if isinstance(wrapped, nn.parallel.DistributedDataParallel):
+        return wrapped.no_sync()
+    if hasattr(wrapped, "set_requires_gradient_sync"):  # an FSDP2 module
+        @contextlib.contextmanager
+        def fsdp_no_sync():
+            wrapped.set_requires_gradient_sync(False)
+            try:
+                yield
+            finally:
+                wrapped.set_requires_gradient_sync(True)
+        return fsdp_no_sync()
+    return contextlib.nullcontext()
 
 
 def full_state(wrapped: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
@@ -86,10 +121,20 @@ def _unwrap(module: nn.Module) -> nn.Module:
 
 
 def all_reduce_sum(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    """Sum a tensor over ranks (returns it unchanged when not distributed)."""
+    """Sum a tensor over ranks, on ``info.device`` (a copy; unchanged when not distributed)."""
+    return _all_reduce(values, info, dist.ReduceOp.SUM if info.enabled else None)
+
+
+def all_reduce_max(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Element-wise maximum over ranks, on ``info.device``."""
+    return _all_reduce(values, info, dist.ReduceOp.MAX if info.enabled else None)
+
+
+def _all_reduce(values: torch.Tensor, info: DistInfo, op) -> torch.Tensor:
+    values = values.detach().to(info.device)
     if info.enabled:
         values = values.clone()
-        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        dist.all_reduce(values, op=op)
     return values
 
 
