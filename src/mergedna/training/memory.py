@@ -168,14 +168,16 @@ def choose_checkpointing(requested: bool | None, est: MemoryEstimate) -> bool:
     return est.needs_checkpointing() if requested is None else bool(requested)
 
 
-def saved_bytes(fn):
+def saved_bytes(fn, exclude=()):
     """Run ``fn()`` and return (bytes of the distinct storages autograd saved for backward, fn's result).
-    Parameters saved by their own ops (fp32 weights) are excluded; cast copies are not."""
+    Storages of the tensors in ``exclude`` (pass the model's parameters: they are model state, not
+    activations) are not counted; their bf16 cast copies are."""
+    skip = {t.untyped_storage().data_ptr() for t in exclude}
     seen: dict = {}
 
     def pack(t):
-        if not isinstance(t, torch.nn.Parameter):
-            st = t.untyped_storage()
+        st = t.untyped_storage()
+        if st.data_ptr() not in skip:
             seen[(st.data_ptr(), str(t.device))] = st.nbytes()
         return t
 
