@@ -28,6 +28,7 @@ class DistInfo:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    grouped: bool | None = None  # in a process group; None: when world_size > 1 (torchrun sets it at any size)
 
     @property
     def is_main(self) -> bool:
@@ -35,21 +36,25 @@ class DistInfo:
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        """Collectives and model wrapping on: several processes, or one launched by torchrun (so that
+        ``torchrun --nproc_per_node=1`` exercises every collective on one GPU)."""
+        return self.world_size > 1 if self.grouped is None else self.grouped
 
 
 def init_distributed(device: str | None = None) -> DistInfo:
-    """Join the process group if launched by torchrun; pick the device (cuda:LOCAL_RANK or cpu)."""
+    """Join the process group if launched by torchrun (at any world size); pick the device
+    (cuda:LOCAL_RANK or cpu)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    grouped = world > 1 or "TORCHELASTIC_RUN_ID" in os.environ
     rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
     dev = torch.device(f"cuda:{local}" if use_cuda else "cpu")
     if use_cuda:
         torch.cuda.set_device(dev)
-    if world > 1 and not dist.is_initialized():
+    if grouped and not dist.is_initialized():
         # device_id binds the NCCL communicator to this rank's GPU (no guessing from the current device)
         dist.init_process_group(backend="nccl" if use_cuda else "gloo", device_id=dev if use_cuda else None)
-    return DistInfo(rank=rank, world_size=world, local_rank=local, device=dev)
+    return DistInfo(rank=rank, world_size=world, local_rank=local, device=dev, grouped=grouped)
 
 
 def wrap_model(module: nn.Module, info: DistInfo, strategy: str = "ddp", bf16: bool = False) -> nn.Module:
