@@ -6,6 +6,7 @@ import torch
 from conftest import batch_from
 from mergedna.config import preset
 from mergedna.model import MergeDNAForPretraining
+from mergedna.vocab import MASK
 from mergedna.objectives import (MergeDNAPretrainer, ObjectiveConfig, amtm_weights, gumbel_top_k, sample_ratio,
                                  step_generator)
 
@@ -62,23 +63,23 @@ def test_amtm_favours_tokens_of_small_groups():
     assert hits[4:].sum() > 8 * hits[:4].sum()
 
 
-def test_amtm_masks_exactly_k_tokens_of_the_first_tokenization(model, chr20):
+def test_amtm_token_spans_mask_exactly_k_tokens_of_the_first_tokenization(model, chr20):
     ids = batch_from(chr20, [256, 256])
-    obj = MergeDNAPretrainer(model, ObjectiveConfig())
+    obj = MergeDNAPretrainer(model, ObjectiveConfig(mask_spans="tokens"))
     seen = {}
 
     def spy(module, args, kwargs, output):
         seen.setdefault("calls", []).append(args[0] if args else kwargs["input_ids"])
 
-    handle = model.register_forward_hook(spy, with_kwargs=True)
+    handle = model.mergedna.local_encoder.register_forward_hook(spy, with_kwargs=True)
     out = obj(ids, step_generator(0, 3), ratio=0.5)
     handle.remove()
-    masked_ids = seen["calls"][0]  # the AMTM pass is the only call through model.forward
+    masked_ids = seen["calls"][1]  # pass 1 tokenizes the input, pass 3 the masked input
     # with ratio 0.5 each sequence has L = 128 tokens and K = 64 latent groups: 64 tokens are masked
     with torch.no_grad():
         enc = model.mergedna(ids, merge_ratio=0.5)
     for b in range(2):
-        masked_tokens = torch.unique(enc.assign[b][masked_ids[b] == 6])
+        masked_tokens = torch.unique(enc.assign[b][masked_ids[b] == MASK])
         assert masked_tokens.numel() == 64
     assert 0 < float(out["amtm_masked_frac"]) < 1
 

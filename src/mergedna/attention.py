@@ -40,11 +40,14 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
-def key_bias(mask: torch.Tensor, size: torch.Tensor | None = None) -> torch.Tensor | None:
+def key_bias(mask: torch.Tensor, size: torch.Tensor | None = None, padded: bool | None = None
+             ) -> torch.Tensor | None:
     """Additive key bias (B, n), float32: ``-inf`` on padding, ``log(size)`` on real tokens if given, else 0.
-    ``None`` when it would be all zeros (no padding, no sizes): attention then runs unmasked, which is faster."""
+    ``None`` when it would be all zeros (no padding, no sizes): attention then runs unmasked, which is faster.
+    ``padded``: whether ``mask`` has any padding, when the caller knows it on the host (else one device read)."""
     if size is None:
-        if bool(mask.all()):
+        has_padding = (not bool(mask.all())) if padded is None else padded
+        if not has_padding:
             return None
         real = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
     else:

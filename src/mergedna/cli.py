@@ -88,8 +88,10 @@ def _load_config_file(path: str) -> dict:
 
 
 # flag -> (section, key): objective and model knobs exposed as flags
-_OBJECTIVE_FLAGS = ("lambda_latent", "masking", "ratio_mean", "ratio_std", "objective", "mlm_mask_ratio")
-_MODEL_FLAGS = ("tokenizer", "merge_scope", "local_encoder_layers", "latent_encoder_layers", "fixed_span")
+_OBJECTIVE_FLAGS = ("lambda_latent", "masking", "ratio_mean", "ratio_std", "ratio_min", "ratio_max", "objective",
+                    "mlm_mask_ratio", "mask_spans", "pass3_budget")
+_MODEL_FLAGS = ("tokenizer", "merge_scope", "merge_grad", "merge_temperature", "local_encoder_layers",
+                "latent_encoder_layers", "fixed_span")
 
 
 def cmd_pretrain(args) -> int:
@@ -173,11 +175,23 @@ def add_pretrain_parser(sub) -> None:
     g.add_argument("--ratio-mean", dest="ratio_mean", type=float, help="mean L/N (default 0.5)")
     g.add_argument("--ratio-std", dest="ratio_std", type=float, help="std of L/N per step (default 0.05; 0 = fixed)")
     g.add_argument("--objective", choices=["mergedna", "mlm"], help="mlm = plain masked modelling (no-merging ablation)")
+    g.add_argument("--ratio-min", dest="ratio_min", type=float, help="lowest L/N drawn (default 0.4)")
+    g.add_argument("--ratio-max", dest="ratio_max", type=float, help="highest L/N drawn (default 0.6)")
     g.add_argument("--mlm-mask-ratio", dest="mlm_mask_ratio", type=float)
+    g.add_argument("--mask-spans", dest="mask_spans", choices=["bases", "tokens"],
+                   help="AMTM spans: in base coordinates with content-blind edges (default), or the drawn tokens' "
+                        "own spans (the paper's wording; span edges then leak the bases)")
+    g.add_argument("--pass3-budget", dest="pass3_budget", choices=["visible", "window"],
+                   help="pass 3 compresses visible and masked bases apart (default), or the window as one")
     g = p.add_argument_group("model overrides")
     g.add_argument("--tokenizer", choices=["learned", "none", "fixed"], help="none/fixed = no-merging ablation")
     g.add_argument("--fixed-span", dest="fixed_span", type=int)
     g.add_argument("--merge-scope", dest="merge_scope", choices=["sequence", "window"])
+    g.add_argument("--merge-grad", dest="merge_grad", choices=["relaxed", "none"],
+                   help="relaxed: the losses shape which pairs merge (default); none: no gradient into the "
+                        "grouping embedding (ablation)")
+    g.add_argument("--merge-temperature", dest="merge_temperature", type=float,
+                   help="temperature of the relaxed merge degree, in cosine units (default 0.1)")
     g.add_argument("--local-encoder-layers", dest="local_encoder_layers", type=int)
     g.add_argument("--latent-encoder-layers", dest="latent_encoder_layers", type=int)
     g.add_argument("--set", action="append", metavar="KEY=VALUE", help="any other model config field")

@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass, field
 
 MERGE_SCOPES = ("sequence", "window")
+MERGE_GRADS = ("relaxed", "none")
 TOKENIZERS = ("learned", "none", "fixed")
 
 
@@ -32,6 +33,8 @@ class MergeDNAConfig:
     group_dim: int = 64  # d_g, grouping-embedding width used for merge similarity
     merge_ratio: float = 0.5  # L/N at inference
     merge_scope: str = "sequence"  # top-r over the whole sequence, or inside each window
+    merge_grad: str = "relaxed"  # "relaxed": the losses shape which pairs merge; "none": no gradient (ablation)
+    merge_temperature: float = 0.1  # T of the relaxed merge degree sigmoid((score - θ)/T), cosine units
     proportional_attention: bool = True  # ToMe: add log(size) to key logits
     latent_merge_ratio: float = 0.5  # K/L for the latent global merge (pretraining pass 2)
     tokenizer: str = "learned"  # "learned" (merging), "none" (one token per base) or "fixed" (pool spans)
@@ -52,6 +55,10 @@ class MergeDNAConfig:
             raise ValueError("head dimension must be even for rotary embeddings")
         if self.merge_scope not in MERGE_SCOPES:
             raise ValueError(f"merge_scope must be one of {MERGE_SCOPES}, got {self.merge_scope!r}")
+        if self.merge_grad not in MERGE_GRADS:
+            raise ValueError(f"merge_grad must be one of {MERGE_GRADS}, got {self.merge_grad!r}")
+        if self.merge_temperature <= 0:
+            raise ValueError(f"merge_temperature must be > 0, got {self.merge_temperature}")
         if self.tokenizer not in TOKENIZERS:
             raise ValueError(f"tokenizer must be one of {TOKENIZERS}, got {self.tokenizer!r}")
         if self.window_size < 2 or self.window_size % 2:

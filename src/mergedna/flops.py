@@ -167,7 +167,8 @@ def pretraining_step(cfg: MergeDNAConfig, N: int, batch: int = 1, ratio: float =
         for k, v in parts.items():
             components[k] = components.get(k, 0) + v
     forward = sum(components.values())
-    backward = 2 * (forward - no_grad)
+    # the grouping projections read detached tokens: their backward is the weight gradient alone (1x, not 2x)
+    backward = 2 * (forward - no_grad) - components.get("grouping", 0)
     return {"passes": {k: sum(v.values()) for k, v in passes.items()}, "components": components,
             "forward": forward, "backward": backward, "total": forward + backward}
 

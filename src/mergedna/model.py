@@ -32,6 +32,7 @@ class LocalEncoderOutput:
     tokens: Tokens  # L merged tokens per sequence: z (B, L, D), sizes, positions, mask
     assign: torch.Tensor  # (B, N) long: base -> token (meaningful on real bases only)
     base_mask: torch.Tensor  # (B, N) bool
+    lengths_cpu: torch.Tensor | None = None  # (B,) real bases per row, on the host
     hidden_states: tuple[torch.Tensor, ...] | None = None  # each block's output, before its merge
 
 
@@ -76,31 +77,67 @@ class LocalEncoder(nn.Module):
         # one grouping embedding per block: D -> d_g, compared by cosine (DTEM)
         self.group_proj = nn.ModuleList(nn.Linear(cfg.hidden_size, cfg.group_dim, bias=False) for _ in range(n_group))
 
-    def forward(self, input_ids, base_mask, merge_ratio=None, output_hidden_states=False) -> LocalEncoderOutput:
+    def grouping_metric(self, i: int, z: torch.Tensor) -> torch.Tensor:
+        """Block i's grouping embedding (B, n, d_g), L2-normalised, on a detached copy of the tokens (DTEM:
+        the merge loss shapes only the grouping embedding, never the token features it reads).
+        ``merge_grad="none"`` cuts its gradient entirely (the ablation)."""
+        metric = F.normalize(self.group_proj[i](z.detach()).float(), dim=-1)
+        return metric.detach() if self.cfg.merge_grad == "none" else metric
+
+    def forward(self, input_ids, base_mask, merge_ratio=None, output_hidden_states=False, *,
+                segments: torch.Tensor | None = None, lengths_cpu: torch.Tensor | None = None) -> LocalEncoderOutput:
+        """input_ids, base_mask (B, N). ``merge_ratio`` L/N: a float or (B,) (config default).
+        ``segments`` (B, N) long: bases of different segments never share a token and each segment is
+        compressed at the ratio on its own (pretraining pass 3: masked vs visible bases).
+        ``lengths_cpu`` (B,): real bases per row, known on the host (else read once from the device)."""
         cfg = self.cfg
         B, N = input_ids.shape
         ar = torch.arange(N, device=input_ids.device)
+        if lengths_cpu is None:
+            lengths_cpu = base_mask.sum(1).cpu()  # the forward's one device read
         tokens = Tokens(z=self.embed(input_ids), size=base_mask.float(), pos=ar.float().expand(B, N),
-                        mask=base_mask)
+                        mask=base_mask, segment=segments, lengths_cpu=lengths_cpu)
         assign = ar.expand(B, N)
         ratio = cfg.merge_ratio if merge_ratio is None else merge_ratio
-        target = target_lengths(tokens.lengths, ratio, len(self.blocks))
+        steps = len(self.blocks)
+        if segments is None:
+            ratio_cpu = ratio.cpu() if torch.is_tensor(ratio) else ratio
+            target = target_lengths(lengths_cpu, ratio_cpu, steps)  # (B,) on the host
+        else:  # a budget per segment, from the real bases of each
+            S = int(segments.max()) + 1 if B else 1
+            seg_len = torch.zeros(B, S, dtype=torch.long, device=segments.device).scatter_add_(
+                1, segments, base_mask.long())
+            ratio_s = torch.as_tensor(ratio, dtype=torch.float32, device=segments.device).reshape(-1, 1)
+            target = target_lengths(seg_len, ratio_s, steps)  # (B, S) on the device
+        temperature = cfg.merge_temperature if self.training and torch.is_grad_enabled() else None
         hidden = []
         for i, block in enumerate(self.blocks):
             cos, sin = rotary_cos_sin(tokens.pos, cfg.head_dim, cfg.rope_theta)
-            bias = key_bias(tokens.mask, tokens.size if cfg.proportional_attention else None)
+            bias = key_bias(tokens.mask, tokens.size if cfg.proportional_attention else None, tokens.padded)
             tokens = replace(tokens, z=block(tokens.z, cos, sin, bias, window=cfg.window_size))
             if output_hidden_states:
                 hidden.append(tokens.z)
-            if cfg.tokenizer == "learned":
-                r = merge_budget(tokens.lengths, target, len(self.blocks) - i)
-                metric = F.normalize(self.group_proj[i](tokens.z).float(), dim=-1)  # (B, n, d_g)
-                plan = adjacent_merge_plan(metric, tokens.mask, r, cfg.merge_scope, cfg.window_size)
-                tokens, assign = apply_merge(tokens, plan), compose_assign(assign, plan)
-        if cfg.tokenizer == "fixed":
-            plan = fixed_span_plan(tokens.mask, cfg.fixed_span)
+            if cfg.tokenizer != "learned":
+                continue
+            metric = self.grouping_metric(i, tokens.z)  # (B, n, d_g)
+            if segments is None:
+                r_cpu = merge_budget(tokens.lengths_cpu, target, steps - i)
+                plan = adjacent_merge_plan(metric, tokens.mask, r_cpu.to(metric.device), cfg.merge_scope,
+                                           cfg.window_size, temperature=temperature,
+                                           lengths_cpu=tokens.lengths_cpu, r_cpu=r_cpu)
+            else:
+                seg_now = torch.zeros_like(target).scatter_add_(1, tokens.segment, tokens.mask.long())
+                plan = adjacent_merge_plan(metric, tokens.mask, merge_budget(seg_now, target, steps - i),
+                                           cfg.merge_scope, cfg.window_size, segment=tokens.segment,
+                                           temperature=temperature)
             tokens, assign = apply_merge(tokens, plan), compose_assign(assign, plan)
-        return LocalEncoderOutput(tokens=tokens, assign=assign, base_mask=base_mask,
+        if cfg.tokenizer == "fixed":
+            plan = fixed_span_plan(tokens.mask, cfg.fixed_span, tokens.lengths_cpu)
+            tokens, assign = apply_merge(tokens, plan), compose_assign(assign, plan)
+        if tokens.lengths_cpu is None:  # segmented merging: the lengths were only on the device
+            tokens = replace(tokens, lengths_cpu=tokens.lengths.cpu())
+        return LocalEncoderOutput(tokens=replace(tokens, segment=None), assign=assign, base_mask=base_mask,
+                                  lengths_cpu=lengths_cpu,
                                   hidden_states=tuple(hidden) if output_hidden_states else None)
 
 
@@ -115,29 +152,33 @@ class LatentEncoder(nn.Module):
 
     def forward(self, tokens: Tokens, merge_ratio: float | None = None,
                 output_hidden_states=False) -> LatentEncoderOutput:
+        """``merge_ratio`` is K/L (the config's ``latent_merge_ratio`` in pretraining pass 2); None: no merging."""
         cfg = self.cfg
         merging = merge_ratio is not None
         assign = None
+        if tokens.lengths_cpu is None:
+            tokens = replace(tokens, lengths_cpu=tokens.lengths.cpu())
         if merging:
             B, L = tokens.mask.shape
             # ToMe's proportional attention here counts local tokens per group (1 before any merge)
             tokens = replace(tokens, count=tokens.mask.float())
             assign = torch.arange(L, device=tokens.mask.device).expand(B, L)
-            target = target_lengths(tokens.lengths, merge_ratio, len(self.blocks))
+            target = target_lengths(tokens.lengths_cpu, merge_ratio, len(self.blocks))
         cos, sin = rotary_cos_sin(tokens.pos, cfg.head_dim, cfg.rope_theta)
-        bias = key_bias(tokens.mask)
+        bias = key_bias(tokens.mask, padded=tokens.padded)
         hidden = []
         for i, block in enumerate(self.blocks):
             tokens = replace(tokens, z=block(tokens.z, cos, sin, bias))
             if output_hidden_states:
                 hidden.append(tokens.z)
             if merging:
-                r = merge_budget(tokens.lengths, target, len(self.blocks) - i)
-                # similarity on the block output itself: the space the merged mean lives in
-                plan = bipartite_merge_plan(F.normalize(tokens.z.float(), dim=-1), tokens.mask, r)
+                r_cpu = merge_budget(tokens.lengths_cpu, target, len(self.blocks) - i)
+                # similarity on the block output itself: the space the merged mean lives in (fp32 inside)
+                plan = bipartite_merge_plan(F.normalize(tokens.z.float(), dim=-1), tokens.mask,
+                                            r_cpu.to(tokens.mask.device), tokens.lengths_cpu, r_cpu)
                 tokens, assign = apply_merge(tokens, plan), compose_assign(assign, plan)
                 cos, sin = rotary_cos_sin(tokens.pos, cfg.head_dim, cfg.rope_theta)
-                bias = key_bias(tokens.mask, tokens.count if cfg.proportional_attention else None)
+                bias = key_bias(tokens.mask, tokens.count if cfg.proportional_attention else None, tokens.padded)
         tokens = replace(tokens, z=self.norm(tokens.z))
         return LatentEncoderOutput(tokens=tokens, assign=assign,
                                    hidden_states=tuple(hidden) if output_hidden_states else None)
@@ -154,7 +195,7 @@ class LatentDecoder(nn.Module):
     def forward(self, z: torch.Tensor, local: Tokens) -> torch.Tensor:
         """z (B, L, D) at local-token resolution; ``local`` gives positions and mask."""
         cos, sin = rotary_cos_sin(local.pos, self.cfg.head_dim, self.cfg.rope_theta)
-        bias = key_bias(local.mask)
+        bias = key_bias(local.mask, padded=local.padded)
         for block in self.blocks:
             z = block(z, cos, sin, bias)
         return z
@@ -169,13 +210,15 @@ class LocalDecoder(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.local_decoder_layers))
         self.norm = nn.RMSNorm(cfg.hidden_size, eps=cfg.norm_eps)
 
-    def forward(self, z: torch.Tensor, assign: torch.Tensor, base_mask: torch.Tensor) -> torch.Tensor:
-        """z (B, L, D), assign (B, N), base_mask (B, N) -> base features (B, N, D)."""
+    def forward(self, z: torch.Tensor, assign: torch.Tensor, base_mask: torch.Tensor,
+                padded: bool | None = None) -> torch.Tensor:
+        """z (B, L, D), assign (B, N), base_mask (B, N) -> base features (B, N, D). ``padded``: whether
+        any row has padding, if the host knows (saves a device read)."""
         x = unmerge(z, assign)  # (B, N, D); no skip from the input bases: everything goes through tokens
         B, N = assign.shape
         pos = torch.arange(N, device=x.device, dtype=torch.float32).expand(B, N)
         cos, sin = rotary_cos_sin(pos, self.cfg.head_dim, self.cfg.rope_theta)
-        bias = key_bias(base_mask)
+        bias = key_bias(base_mask, padded=padded)
         for block in self.blocks:
             x = block(x, cos, sin, bias, window=self.cfg.window_size)
         return self.norm(x)
@@ -183,18 +226,30 @@ class LocalDecoder(nn.Module):
 
 def prepare_inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
     """Check ids and return the base mask (B, N). Padding must sit at the end of each row."""
+    return check_inputs(input_ids, attention_mask)[0]
+
+
+def check_inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor | None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check ids; return the base mask (B, N) and the real lengths (B,) on the host, with one device read."""
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
-    if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= VOCAB_SIZE):
-        raise ValueError(f"input_ids must lie in [0, {VOCAB_SIZE}); encode sequences with mergedna.vocab.encode")
     mask = input_ids != PAD if attention_mask is None else attention_mask.bool()
     if mask.shape != input_ids.shape:
         raise ValueError(f"attention_mask shape {tuple(mask.shape)} != input_ids shape {tuple(input_ids.shape)}")
-    if bool((mask[:, 1:] & ~mask[:, :-1]).any()):
+    if not input_ids.numel():
+        return mask, mask.sum(1).cpu()
+    flags = torch.stack([(input_ids < 0).any() | (input_ids >= VOCAB_SIZE).any(),
+                         (mask[:, 1:] & ~mask[:, :-1]).any(), (~mask[:, 0]).any()]).long()
+    read = torch.cat([flags, mask.sum(1)]).cpu()  # the one device read
+    flags, lengths = read[:3].tolist(), read[3:]
+    if flags[0]:
+        raise ValueError(f"input_ids must lie in [0, {VOCAB_SIZE}); encode sequences with mergedna.vocab.encode")
+    if flags[1]:
         raise ValueError("attention_mask must be right-padded: real bases first, padding at the end of each row")
-    if bool((~mask[:, 0]).any()):
+    if flags[2]:
         raise ValueError("every sequence needs at least one real base")
-    return mask
+    return mask, lengths
 
 
 class MergeDNAModel(MergeDNAPreTrainedModel):
@@ -210,8 +265,8 @@ class MergeDNAModel(MergeDNAPreTrainedModel):
                 output_hidden_states=False) -> MergeDNAEncoderOutput:
         """input_ids (B, N) right-padded with PAD; ``merge_ratio`` (float or (B,)) sets L/N (config
         default); ``latent_merge_ratio`` turns on the global merge to K = ratio·L."""
-        base_mask = prepare_inputs(input_ids, attention_mask)
-        local = self.local_encoder(input_ids, base_mask, merge_ratio, output_hidden_states)
+        base_mask, lengths = check_inputs(input_ids, attention_mask)
+        local = self.local_encoder(input_ids, base_mask, merge_ratio, output_hidden_states, lengths_cpu=lengths)
         latent = self.latent_encoder(local.tokens, latent_merge_ratio, output_hidden_states)
         return encoder_output(local, latent)
 
@@ -242,7 +297,8 @@ class MergeDNAForPretraining(MergeDNAPreTrainedModel):
         """Latent tokens -> base logits (B, N, 4). ``latent_assign`` un-merges K groups back to L first."""
         z = latent_z if latent_assign is None else unmerge(latent_z, latent_assign)  # (B, L, D)
         z = self.latent_decoder(z, local.tokens)
-        return self.lm_head(self.local_decoder(z, local.assign, local.base_mask))
+        padded = None if local.lengths_cpu is None else bool((local.lengths_cpu < local.assign.shape[1]).any())
+        return self.lm_head(self.local_decoder(z, local.assign, local.base_mask, padded))
 
     def forward(self, input_ids, attention_mask=None, merge_ratio=None, latent_merge_ratio=None,
                 labels=None, output_hidden_states=False) -> MergeDNAPretrainingOutput:

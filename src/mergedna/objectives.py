@@ -24,14 +24,16 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from .merging import Tokens
-from .model import LocalEncoderOutput, MergeDNAForPretraining, base_cross_entropy, prepare_inputs
+from .model import LocalEncoderOutput, MergeDNAForPretraining, base_cross_entropy, check_inputs
 from .vocab import MASK, NUM_BASES
 
 MASKINGS = ("amtm", "uniform", "none")
 OBJECTIVES = ("mergedna", "mlm")
+MASK_SPANS = ("bases", "tokens")
+PASS3_BUDGETS = ("visible", "window")
 
 
 @dataclass
@@ -46,12 +48,20 @@ class ObjectiveConfig:
     ratio_min: float = 0.4
     ratio_max: float = 0.6
     mlm_mask_ratio: float = 0.15  # fraction of tokens masked by objective="mlm"
+    mask_spans: str = "bases"  # "bases": spans drawn in base coordinates (content-blind edges); "tokens": the
+    #                            chosen tokens' own spans, as the paper words it (edges leak the bases)
+    pass3_budget: str = "visible"  # "visible": pass 3 compresses visible and masked bases apart, each at the
+    #                                step's ratio; "window": one budget for the whole masked window
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if self.masking not in MASKINGS:
             raise ValueError(f"masking must be one of {MASKINGS}, got {self.masking!r}")
+        if self.mask_spans not in MASK_SPANS:
+            raise ValueError(f"mask_spans must be one of {MASK_SPANS}, got {self.mask_spans!r}")
+        if self.pass3_budget not in PASS3_BUDGETS:
+            raise ValueError(f"pass3_budget must be one of {PASS3_BUDGETS}, got {self.pass3_budget!r}")
         if not 0 < self.ratio_min <= self.ratio_mean <= self.ratio_max <= 1:
             raise ValueError("need 0 < ratio_min <= ratio_mean <= ratio_max <= 1")
 
@@ -64,6 +74,15 @@ def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 8191 + rank)
 
 
+def device_generator(gen: torch.Generator, device: torch.device) -> torch.Generator:
+    """A generator on ``device`` seeded from ``gen`` (so still a function of (seed, step, rank)): noise is
+    drawn where it is used, with no host-to-device copy. On the CPU it is ``gen`` itself."""
+    if torch.device(device).type == "cpu":
+        return gen
+    seed = int(torch.randint(0, 2**62, (), generator=gen))  # a CPU draw: no device read
+    return torch.Generator(device=device).manual_seed(seed)
+
+
 def sample_ratio(cfg: ObjectiveConfig, gen: torch.Generator) -> float:
     """L/N for this step: Gaussian(mean, std) clipped to [min, max]."""
     r = cfg.ratio_mean + cfg.ratio_std * float(torch.randn((), generator=gen))
@@ -74,9 +93,9 @@ def gumbel_top_k(weights: torch.Tensor, k: torch.Tensor, gen: torch.Generator) -
     """Draw k[b] items of row b without replacement with probability ∝ weights (Gumbel top-K).
 
     weights (B, L) >= 0 (0 = never drawn); k (B,). Returns a (B, L) bool mask with exactly
-    min(k[b], #positive weights) True entries per row.
+    min(k[b], #positive weights) True entries per row. The noise is drawn on ``gen``'s device.
     """
-    u = torch.rand(weights.shape, generator=gen).to(weights.device).clamp_(1e-20, 1.0)
+    u = torch.rand(weights.shape, generator=gen, device=gen.device).to(weights.device).clamp_(1e-20, 1.0)
     keys = weights.log() - (-u.log()).log()  # log w + Gumbel(0, 1); -inf where w = 0
     order = keys.argsort(dim=1, descending=True, stable=True)
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1], device=order.device)
@@ -90,9 +109,44 @@ def amtm_weights(latent_assign: torch.Tensor, latent_counts: torch.Tensor, token
     return torch.where(token_mask, 1.0 / g.clamp_min(1.0) ** 2, torch.zeros_like(g))
 
 
+def base_span_mask(token_weights: torch.Tensor, local: LocalEncoderOutput, k: torch.Tensor, smooth: int,
+                   gen: torch.Generator) -> torch.Tensor:
+    """Masked bases (B, N) drawn in base coordinates from token weights, with content-blind edges.
+
+    Each token's weight is spread over its bases (w_t / size_t per base, so a token keeps its total
+    mass), smoothed by a centred box of ``smooth`` + 1 bases (so a span start cannot find the token
+    boundary it sits next to), and ``k`` span starts are drawn without replacement by Gumbel top-k.
+    Every span is the mean token length long (N_real / L, rounded), so the masked region covers about
+    the bases of k tokens; where spans overlap, fewer. Neither edge of a span depends on where the
+    tokenizer put its boundaries, which is the point (docs/method.md, "AMTM")."""
+    base_mask = local.base_mask
+    B, N = base_mask.shape
+    size = local.tokens.size.gather(1, local.assign).clamp_min(1.0)  # (B, N): length of each base's token
+    w = torch.where(base_mask, token_weights.gather(1, local.assign) / size, torch.zeros_like(size))
+    if smooth > 0:
+        w = F.avg_pool1d(w[:, None], smooth + 1, stride=1, padding=smooth // 2, count_include_pad=False)[:, 0, :N]
+        w = torch.where(base_mask, w, torch.zeros_like(w))
+    span = torch.round(base_mask.sum(1) / local.tokens.lengths.clamp_min(1)).long().clamp_min(1)  # (B,)
+    starts = gumbel_top_k(w, k, gen).float()  # (B, N)
+    # base j is masked if a start lies in (j - span, j]: a running sum of the starts over the span
+    cum = F.pad(starts.cumsum(1), (1, 0))  # (B, N + 1)
+    j = torch.arange(N, device=base_mask.device)
+    lo = (j[None, :] + 1 - span[:, None]).clamp_min(0)
+    covered = cum[:, 1:] - cum.gather(1, lo)
+    return (covered > 0) & base_mask
+
+
+def masked_edges(masked: torch.Tensor, base_mask: torch.Tensor) -> torch.Tensor:
+    """Masked bases (B, N) with a visible real neighbour on either side: where a span edge could leak."""
+    visible = base_mask & ~masked
+    left = F.pad(visible[:, :-1], (1, 0), value=False)
+    right = F.pad(visible[:, 1:], (0, 1), value=False)
+    return masked & (left | right)
+
+
 def detach_local(local: LocalEncoderOutput) -> LocalEncoderOutput:
     t = local.tokens
-    return replace(local, tokens=Tokens(z=t.z.detach(), size=t.size, pos=t.pos, mask=t.mask, count=t.count))
+    return replace(local, tokens=replace(t, z=t.z.detach()))
 
 
 def masked_accuracy(logits: torch.Tensor, labels: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
@@ -112,8 +166,9 @@ class MergeDNAPretrainer(nn.Module):
                 attention_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """input_ids (B, N). ``ratio`` fixes L/N (validation); otherwise it is drawn from ``gen``.
         Returns {"loss", and per part: "mtr", "latent_mtr", "amtm" / "mlm", "*_acc"} as 0-d tensors."""
+        dgen = device_generator(gen, input_ids.device)
         if self.cfg.objective == "mlm":
-            return self._mlm(input_ids, gen, attention_mask)
+            return self._mlm(input_ids, dgen, attention_mask)
         cfg, model = self.cfg, self.model
         ratio = sample_ratio(cfg, gen) if ratio is None else ratio
         out: dict[str, torch.Tensor] = {"ratio": torch.tensor(ratio)}
@@ -141,33 +196,62 @@ class MergeDNAPretrainer(nn.Module):
             tmask = enc.local.tokens.mask
             if need_groups:
                 weights = amtm_weights(latent.assign, latent.tokens.count, tmask)
-                k = latent.tokens.lengths  # exactly K local tokens, K = number of latent groups
+                k = latent.tokens.lengths  # K draws, K = number of latent groups
             else:
                 weights = tmask.float()
                 k = torch.round(tmask.sum(1) * model.config.latent_merge_ratio).long()
-            chosen = gumbel_top_k(weights, k, gen)  # (B, L) local tokens to mask
-            out.update(self._masked_pass(input_ids, enc.local, chosen, ratio, "amtm"))
+            masked = self._choose_masked(weights, enc.local, k, dgen)
+            out.update(self._masked_pass(input_ids, enc.local, masked, ratio, "amtm"))
             total = total + out["amtm"]
         out["loss"] = total
         return out
 
-    def _masked_pass(self, input_ids, local: LocalEncoderOutput, chosen, ratio, name) -> dict[str, torch.Tensor]:
-        """Mask every base of the chosen tokens, run the full model, score the masked non-N bases."""
-        masked = chosen.gather(1, local.assign) & local.base_mask  # (B, N) bases of chosen tokens
-        out = self.model(input_ids.masked_fill(masked, MASK), local.base_mask, merge_ratio=ratio)
+    def _choose_masked(self, token_weights, local: LocalEncoderOutput, k, gen) -> torch.Tensor:
+        """Masked bases (B, N): spans in base coordinates (default) or the drawn tokens' own spans."""
+        if self.cfg.mask_spans == "bases":
+            return base_span_mask(token_weights, local, k, self.model.config.window_size, gen)
+        chosen = gumbel_top_k(token_weights, k, gen)  # (B, L) local tokens
+        return chosen.gather(1, local.assign) & local.base_mask
+
+    def _masked_pass(self, input_ids, local: LocalEncoderOutput, masked, ratio, name) -> dict[str, torch.Tensor]:
+        """Replace the masked bases (B, N) by MASK, run the full model, score the masked non-N bases.
+        With ``pass3_budget="visible"`` the masked and the visible bases are tokenized apart, each at the
+        ratio, so visible DNA keeps pass 1's compression however much is masked."""
+        model = self.model
+        segments = masked.long() if self.cfg.pass3_budget == "visible" and ratio is not None else None
+        enc = model.mergedna.local_encoder(input_ids.masked_fill(masked, MASK), local.base_mask, ratio,
+                                           segments=segments, lengths_cpu=local.lengths_cpu)
+        latent = model.mergedna.latent_encoder(enc.tokens)
+        logits = model.decode(latent.tokens.z, enc)
         labels = input_ids.masked_fill(~masked, -100)
-        return {name: base_cross_entropy(out.logits, labels),
-                f"{name}_acc": masked_accuracy(out.logits.detach(), input_ids, masked),
-                f"{name}_masked_frac": masked.sum() / local.base_mask.sum()}
+        edge = masked_edges(masked, local.base_mask)
+        out = {name: base_cross_entropy(logits, labels),
+               f"{name}_acc": masked_accuracy(logits.detach(), input_ids, masked),
+               f"{name}_masked_frac": masked.sum() / local.base_mask.sum()}
+        with torch.no_grad():  # the loss on span edges vs inside spans: a shortcut shows as a gap here
+            out[f"{name}_edge"] = base_cross_entropy(logits.detach(), labels.masked_fill(~edge, -100))
+            out[f"{name}_interior"] = base_cross_entropy(logits.detach(), labels.masked_fill(edge, -100))
+            # compression of the visible DNA in this pass, tokens per visible base: pass 1 ran at ``ratio``
+            visible = local.base_mask & ~masked
+            out[f"{name}_visible_ratio"] = (unique_per_row(enc.assign, visible).sum()
+                                            / visible.sum().clamp_min(1))
+        return out
 
     def _mlm(self, input_ids, gen, attention_mask) -> dict[str, torch.Tensor]:
         """Plain masked modelling (the no-merging ablation): mask a fraction of tokens uniformly."""
         model = self.model
-        base_mask = prepare_inputs(input_ids, attention_mask)
+        base_mask, lengths = check_inputs(input_ids, attention_mask)
         with torch.no_grad():  # only the token spans are needed here
-            local = model.mergedna.local_encoder(input_ids, base_mask)
+            local = model.mergedna.local_encoder(input_ids, base_mask, lengths_cpu=lengths)
         tmask = local.tokens.mask
         k = torch.round(tmask.sum(1) * self.cfg.mlm_mask_ratio).long().clamp_min(1)
-        out = self._masked_pass(input_ids, local, gumbel_top_k(tmask.float(), k, gen), None, "mlm")
+        masked = gumbel_top_k(tmask.float(), k, gen).gather(1, local.assign) & base_mask
+        out = self._masked_pass(input_ids, local, masked, None, "mlm")
         out["loss"] = out["mlm"]
         return out
+
+
+def unique_per_row(assign: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """Number of distinct tokens (B,) that the bases marked by ``where`` (B, N) fall in."""
+    hit = torch.zeros(assign.shape, dtype=torch.long, device=assign.device)
+    return hit.scatter_reduce(1, assign, where.long(), "amax").sum(1)  # a token is hit if any of its bases is
