@@ -39,7 +39,7 @@ def test_step_estimate_matches_saved_tensors(chr20, checkpointing, one_thread):
     measured, _ = memory.saved_bytes(lambda: objective(batch_from(chr20, [1024, 1024]), step_generator(0, 0)),
                                      exclude=model.parameters())
     predicted = memory.activation_bytes(cfg, 1024, 2, bf16=False, checkpointing=checkpointing)
-    assert 0.9 < predicted / measured < 1.2, (predicted, measured)
+    assert 0.9 < predicted / measured < 1.15, (predicted, measured)
 
 
 def test_checkpointing_decision():

@@ -15,11 +15,12 @@ three-pass step against the same measurement). Tokens per block come from the mo
 budgets (:mod:`mergedna.flops`): in pass 1 and pass 3 the Local Encoder's 4 blocks at N, … tokens,
 Latent Encoder and Decoder at L, Local Decoder at N; in pass 2 (with a gradient only when
 λ > 0) the Latent Encoder at its merging counts, then the decoders. Each pass with a gradient
-adds the output norms and head (6·D per base and per token). Tensors outside the blocks (the
-merges' similarity metrics and weighted sums, rotary tables, masks, index maps) are covered by a
-margin of ``OUTSIDE_BLOCKS`` = 12% on the total: without it the estimate fell 4-14% short of the
-measured saved bytes of whole steps (tiny and small, fp32 and bf16, with and without
-checkpointing). Under bf16 the cast copies of the weights (2 bytes per parameter) are kept too.
+adds the output norms and head (6·D per base and per token) and the Local Encoder's merges
+(``MERGE_BYTES`` = 14·D per token entering a merge: the relaxed merge degrees, similarity and
+weighted sums keep about that much, fp32, outside the blocks, so checkpointing does not remove
+it). The merge constant was fitted to the saved bytes of whole steps of tiny and small (the rest
+of the formula held to 1-8% there); the fitted estimate is within 5% of them with and without
+checkpointing. Under bf16 the cast copies of the weights (2 bytes per parameter) are kept too.
 
 With activation checkpointing a block keeps only its input (4·D bytes per token, fp32) and one
 block's activations are rebuilt at a time during backward, so the estimate becomes the sum of the
@@ -43,7 +44,7 @@ from .. import flops
 from ..config import MergeDNAConfig
 
 MEMORY_FRACTION = 0.85  # of device memory; the rest: allocator fragmentation, temporaries, CUDA context
-OUTSIDE_BLOCKS = 1.12  # margin for saved tensors outside the blocks (measured gap 4-14%)
+MERGE_BYTES = 14  # × D bytes per token entering a Local Encoder merge, per pass with a gradient
 GiB = 2**30
 
 
@@ -82,15 +83,16 @@ class MemoryEstimate:
 
 
 def _passes(cfg: MergeDNAConfig, N: int, ratio: float, lambda_latent: float, masking: str, objective: str):
-    """[(tokens, window or None), ...] for every block run with a gradient, and the per-pass head terms
-    [(bases, tokens)], for one sequence."""
-    blocks, heads = [], []
+    """[(tokens, window or None), ...] for every block run with a gradient, the per-pass head terms
+    [(bases, tokens)], and the tokens entering Local Encoder merges with a gradient, for one sequence."""
+    blocks, heads, merged = [], [], [0]
     local = flops.local_encoder_counts(cfg, N, ratio)
     L = local[-1]
     w = cfg.window_size
 
     def full_model(latent_counts):
         blocks.extend((n, w) for n in local[:-1])
+        merged[0] += sum(local[:-1]) if cfg.tokenizer == "learned" else 0
         blocks.extend((m, None) for m in latent_counts)
         decoders()
 
@@ -101,23 +103,23 @@ def _passes(cfg: MergeDNAConfig, N: int, ratio: float, lambda_latent: float, mas
 
     if objective == "mlm":  # one masked pass through the whole model (no merging in ψ)
         full_model([L] * cfg.latent_encoder_layers)
-        return blocks, heads
+        return blocks, heads, merged[0]
     full_model([L] * cfg.latent_encoder_layers)  # pass 1, MTR
     if lambda_latent > 0:  # pass 2, latent MTR: ψ with global merging, then the decoders (φ detached)
         blocks.extend((m, None) for m in flops.latent_merge_counts(cfg, L)[:-1])
         decoders()
     if masking != "none":  # pass 3, AMTM
         full_model([L] * cfg.latent_encoder_layers)
-    return blocks, heads
+    return blocks, heads, merged[0]
 
 
 def activation_bytes(cfg: MergeDNAConfig, N: int, batch: int, bf16: bool, checkpointing: bool = False,
                      ratio: float = 0.5, lambda_latent: float = 0.25, masking: str = "amtm",
                      objective: str = "mergedna") -> int:
     """Estimated bytes saved for backward by one pretraining micro-batch of ``batch`` windows of N bases."""
-    blocks, heads = _passes(cfg, N, ratio, lambda_latent, masking, objective)
+    blocks, heads, merged = _passes(cfg, N, ratio, lambda_latent, masking, objective)
     D = cfg.hidden_size
-    head = sum(6 * D * (n + l) for n, l in heads)
+    head = sum(6 * D * (n + l) for n, l in heads) + MERGE_BYTES * D * merged
     if checkpointing:
         inputs = sum(4 * D * n for n, _ in blocks)
         largest = max(n * block_bytes_per_token(cfg, bf16, w) for n, w in blocks)
@@ -125,7 +127,6 @@ def activation_bytes(cfg: MergeDNAConfig, N: int, batch: int, bf16: bool, checkp
         total = batch * per_seq + batch * largest
     else:
         total = batch * (sum(n * block_bytes_per_token(cfg, bf16, w) for n, w in blocks) + head)
-    total *= OUTSIDE_BLOCKS
     if bf16:
         total += 2 * _n_params(cfg)
     return int(total)
