@@ -89,6 +89,7 @@ def time_step(name: str, N: int, batch: int, device: torch.device, bf16: bool, c
 
     try:
         if device.type == "cuda":
+            torch.cuda.empty_cache()  # a previous row's (or out-of-memory row's) blocks
             torch.cuda.reset_peak_memory_stats(device)
             base = torch.cuda.memory_allocated(device)
         for _ in range(warmup):
