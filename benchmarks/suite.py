@@ -82,6 +82,7 @@ from mergedna import flops
 from mergedna.config import preset as make_preset
 from mergedna.data.genome import Genome, GenomeSampler
 from mergedna.model import MergeDNAForPretraining, prepare_inputs
+from mergedna.config import MergeDNAConfig
 from mergedna.objectives import MergeDNAPretrainer, ObjectiveConfig, step_generator
 try:
     from mergedna.precision import PRECISIONS, bf16_is_native, resolve
@@ -102,7 +103,7 @@ FULL = dict(presets=["small", "base"], length=4096, batch=1, warmup=1, repeats=3
             scaling_repeats=2, sampler_seconds=5.0)
 QUICK = dict(presets=["tiny"], length=512, batch=1, warmup=1, repeats=2, peak_sizes=[256, 512], peak_repeats=3,
              scaling_preset="tiny", scaling_lengths=[1024, 2048], scaling_repeats=1, sampler_seconds=0.5)
-RATIO = ObjectiveConfig().ratio_mean  # L/N fixed at the mean of the pretraining draw
+RATIO = MergeDNAConfig().merge_ratio  # L/N fixed at the mean of the pretraining draw
 MLM_MASK = 0.15
 # targets from issue 6
 TARGET_UTIL, TARGET_VS_ESM, TARGET_LOCAL_SCALING, TARGET_SAMPLER = 0.30, 3.0, 1.3, 20.0

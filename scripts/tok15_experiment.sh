@@ -8,12 +8,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/tok15}
-STEPS=${2:-800}
+STEPS=${2:-1500}
 DATA=${DATA:-../shared/data}
 PY=${PY:-.venv/bin/python}
-common=(--fasta "$DATA/genomes/GRCh37_chr20.fa.gz" --val 20:50000000-60000000 --preset tiny --window 1024
-        --batch-size 8 --steps "$STEPS" --lr 1e-3 --warmup 50 --log-every 10 --val-every 100 --val-windows 32
-        --ckpt-every 50 --seed 0 --time-limit 85 --resume --no-progress)
+common=(--fasta "$DATA/genomes/GRCh37_chr20.fa.gz" --val 20:50000000-60000000 --preset tiny --window 512
+        --batch-size 4 --steps "$STEPS" --lr 1e-3 --warmup 50 --log-every 10 --val-every 100 --val-windows 32
+        --ckpt-every 50 --seed 0 --time-limit ${TIME_LIMIT:-80} --resume --no-progress)
 mkdir -p "$OUT"
 for arm in learned detached fixed; do
   case $arm in

@@ -1,4 +1,4 @@
-"""The three pretraining passes (SPEC §7) and their ablation switches."""
+"""The three pretraining passes (docs/method.md §7) and their ablation switches."""
 
 import pytest
 import torch
@@ -85,11 +85,11 @@ def test_amtm_token_spans_mask_exactly_k_tokens_of_the_first_tokenization(model,
 
 
 def test_ratio_sampling_and_fixed_ratio_ablation():
-    cfg = ObjectiveConfig()
+    cfg = ObjectiveConfig().resolved(0.5)
     draws = torch.tensor([sample_ratio(cfg, step_generator(0, s)) for s in range(500)])
     assert draws.min() >= 0.4 and draws.max() <= 0.6 and abs(draws.mean() - 0.5) < 0.01
     assert 0.03 < draws.std() < 0.06
-    fixed = ObjectiveConfig(ratio_std=0.0)
+    fixed = ObjectiveConfig(ratio_std=0.0).resolved(0.5)
     assert {sample_ratio(fixed, step_generator(0, s)) for s in range(20)} == {0.5}
 
 
@@ -112,4 +112,13 @@ def test_bad_objective_config():
     with pytest.raises(ValueError, match="masking"):
         ObjectiveConfig(masking="random")
     with pytest.raises(ValueError, match="ratio"):
-        ObjectiveConfig(ratio_min=0.7)
+        ObjectiveConfig(ratio_min=0.7, ratio_mean=0.5)
+
+
+def test_pretraining_samples_around_the_models_merge_ratio(chr20):
+    # one name for the paper's knob: merge_ratio (L/N) set on the model is what pretraining draws around
+    model = MergeDNAForPretraining(preset("tiny", merge_ratio=0.3))
+    obj = MergeDNAPretrainer(model, ObjectiveConfig())
+    assert (obj.objective.ratio_mean, obj.objective.ratio_min, obj.objective.ratio_max) == (0.3, 0.2, 0.4)
+    draws = [float(obj(batch_from(chr20, [64]), step_generator(0, s))["ratio"]) for s in range(5)]
+    assert all(0.2 <= d <= 0.4 for d in draws) and abs(sum(draws) / 5 - 0.3) < 0.06

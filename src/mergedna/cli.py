@@ -210,13 +210,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="also print config and counts as JSON")
     p.set_defaults(func=cmd_info)
     add_pretrain_parser(sub)
-    from . import benchmark, demo, embed, finetune, segment
+    from . import benchmark, demo, embed, finetune, segment, tokenizer_stats_cmd, variants_cli
 
     demo.add_parser(sub)
     finetune.add_parser(sub)
     benchmark.add_parser(sub)
     embed.add_parser(sub)
     segment.add_parser(sub)
+    tokenizer_stats_cmd.add_parser(sub)
+    variants_cli.add_parser(sub)
     return parser
 
 

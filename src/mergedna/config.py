@@ -1,4 +1,4 @@
-"""Model configuration and presets (SPEC §3).
+"""Model configuration and presets (docs/method.md §3).
 
 Every preset has the paper's shape (Local Encoder 4 blocks with a merge after each,
 then full-attention Latent Encoder, Latent Decoder and a local-attention Local
@@ -103,7 +103,7 @@ PRESETS: dict[str, dict] = {
                   latent_decoder_layers=4, local_decoder_layers=2, group_dim=64),
 }
 
-# Parameter counts the paper reports per module (SPEC §3); the paper preset is tested against them.
+# Parameter counts the paper reports per module (docs/method.md §3); the paper preset is tested against them.
 PAPER_MODULE_PARAMS = {"local_encoder": 51e6, "latent_encoder": 253e6, "latent_decoder": 51e6,
                        "local_decoder": 25e6, "total": 380e6}
 

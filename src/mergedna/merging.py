@@ -36,7 +36,8 @@ device read; otherwise (and whenever pairs are restricted by ``segment``) it is 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import contextlib
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -236,7 +237,10 @@ def bipartite_merge_plan(metric: torch.Tensor, mask: torch.Tensor, r: torch.Tens
     B, n, _ = metric.shape
     a, b = metric[:, 0::2].float(), metric[:, 1::2].float()
     ma, mb = mask[:, 0::2], mask[:, 1::2]
-    with torch.autocast(device_type=metric.device.type, enabled=False):
+    kind = metric.device.type
+    no_autocast = (torch.autocast(device_type=kind, enabled=False) if torch.amp.is_autocast_available(kind)
+                   else contextlib.nullcontext())
+    with no_autocast:
         scores = a @ b.transpose(1, 2)  # (B, nA, nB), fp32
     scores = scores.masked_fill(~mb[:, None, :], float("-inf")).masked_fill(~ma[:, :, None], float("-inf"))
     best, best_b = scores.max(-1)  # (B, nA)

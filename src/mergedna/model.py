@@ -1,4 +1,4 @@
-"""The MergeDNA model: the four modules of the paper (SPEC §3–6), top to bottom.
+"""The MergeDNA model: the four modules of the paper (docs/method.md §3–6), top to bottom.
 
     bases (B, N) ──Local Encoder φ──▶ tokens (B, L, D) ──Latent Encoder ψ──▶ (B, L, D) [or (B, K, D) merged]
        ▲                         (local attention + merge)      (full attention, optional global merge)
@@ -24,7 +24,7 @@ from .config import MergeDNAConfig
 from .merging import (Tokens, adjacent_merge_plan, apply_merge, bipartite_merge_plan, compose_assign,
                       fixed_span_plan, merge_budget, target_lengths, unmerge)
 from .pretrained import MergeDNAPreTrainedModel
-from .vocab import NUM_BASES, PAD, VOCAB_SIZE
+from .vocab import MASK, NUM_BASES, PAD, VOCAB_SIZE
 
 
 @dataclass
@@ -299,6 +299,20 @@ class MergeDNAForPretraining(MergeDNAPreTrainedModel):
         z = self.latent_decoder(z, local.tokens)
         padded = None if local.lengths_cpu is None else bool((local.lengths_cpu < local.assign.shape[1]).any())
         return self.lm_head(self.local_decoder(z, local.assign, local.base_mask, padded))
+
+    def masked_logits(self, input_ids: torch.Tensor, masked: torch.Tensor, attention_mask=None, merge_ratio=None,
+                      lengths_cpu: torch.Tensor | None = None) -> tuple[torch.Tensor, LocalEncoderOutput]:
+        """Base logits (B, N, 4) with the bases marked in ``masked`` (B, N) replaced by MASK, tokenized as
+        pretraining's pass 3 does: masked and visible bases never share a token and each is compressed at
+        ``merge_ratio`` on its own (docs/method.md §7). Also returns that pass's Local Encoder output."""
+        if lengths_cpu is None:
+            base_mask, lengths_cpu = check_inputs(input_ids, attention_mask)
+        else:
+            base_mask = input_ids != PAD if attention_mask is None else attention_mask.bool()
+        local = self.mergedna.local_encoder(input_ids.masked_fill(masked, MASK), base_mask, merge_ratio,
+                                            segments=masked.long(), lengths_cpu=lengths_cpu)
+        latent = self.mergedna.latent_encoder(local.tokens)
+        return self.decode(latent.tokens.z, local), local
 
     def forward(self, input_ids, attention_mask=None, merge_ratio=None, latent_merge_ratio=None,
                 labels=None, output_hidden_states=False) -> MergeDNAPretrainingOutput:

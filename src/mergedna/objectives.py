@@ -1,4 +1,4 @@
-"""Pretraining objectives (SPEC §7): MTR, latent MTR and AMTM, and the ablations.
+"""Pretraining objectives (docs/method.md §7): MTR, latent MTR and AMTM, and the ablations.
 
 Per step, with φ the Local Encoder (the tokenizer):
 
@@ -8,12 +8,13 @@ Per step, with φ the Local Encoder (the tokenizer):
 2. **Latent MTR** (φ frozen: pass 1's Local Encoder output, detached): Latent Encoder *with*
    ToMe global merging to K = L/2, un-merge to L, decoders, cross-entropy; weight λ.
 3. **AMTM** (all parameters): from pass 2's groups each local token j in group i weighs 1/g_i²;
-   exactly K local tokens are drawn without replacement in proportion (Gumbel top-K); every
-   base of a chosen token (through pass 1's ``assign``) becomes MASK; the whole model runs
-   again without latent merging; cross-entropy on masked non-N bases only.
+   masked spans are drawn in base coordinates from those weights (content-blind edges; the
+   paper's "mask the drawn tokens" is ``mask_spans="tokens"``); the masked input is tokenized
+   with visible and masked bases apart, each at the step's ratio; the whole model runs again
+   without latent merging; cross-entropy on masked non-N bases only.
 
 Total = L_MTR + λ·L_latent + L_AMTM. Randomness (the ratio, the Gumbel noise) comes from a
-generator seeded by (seed, step), so a resumed run reproduces the uninterrupted one exactly.
+generator seeded by (seed, step, rank), so a resumed run reproduces the uninterrupted one exactly.
 
 The module wraps the model so that one ``forward`` runs all passes: that is what
 ``DistributedDataParallel`` needs to synchronise gradients.
@@ -43,10 +44,10 @@ class ObjectiveConfig:
     objective: str = "mergedna"  # "mergedna" (three passes) or "mlm" (plain masked modelling, for the no-merging ablation)
     lambda_latent: float = 0.25  # λ, weight of latent MTR; 0 switches the term off
     masking: str = "amtm"  # "amtm" (1/g² weights), "uniform" (no AMTM ablation) or "none" (no pass 3)
-    ratio_mean: float = 0.5  # L/N drawn per step from N(mean, std²), clipped to [min, max]
+    ratio_mean: float | None = None  # L/N drawn per step from N(mean, std²); None: the model's merge_ratio
     ratio_std: float = 0.05  # 0 gives the fixed-ratio ablation
-    ratio_min: float = 0.4
-    ratio_max: float = 0.6
+    ratio_min: float | None = None  # clip of the draw; None: mean - 2 std
+    ratio_max: float | None = None  # None: mean + 2 std (the paper's [0.4, 0.6] around 0.5)
     mlm_mask_ratio: float = 0.15  # fraction of tokens masked by objective="mlm"
     mask_spans: str = "bases"  # "bases": spans drawn in base coordinates (content-blind edges); "tokens": the
     #                            chosen tokens' own spans, as the paper words it (edges leak the bases)
@@ -62,8 +63,19 @@ class ObjectiveConfig:
             raise ValueError(f"mask_spans must be one of {MASK_SPANS}, got {self.mask_spans!r}")
         if self.pass3_budget not in PASS3_BUDGETS:
             raise ValueError(f"pass3_budget must be one of {PASS3_BUDGETS}, got {self.pass3_budget!r}")
-        if not 0 < self.ratio_min <= self.ratio_mean <= self.ratio_max <= 1:
-            raise ValueError("need 0 < ratio_min <= ratio_mean <= ratio_max <= 1")
+        if self.ratio_std < 0:
+            raise ValueError(f"ratio_std must be >= 0, got {self.ratio_std}")
+        given = [v for v in (self.ratio_min, self.ratio_mean, self.ratio_max) if v is not None]
+        if given != sorted(given) or any(not 0 < v <= 1 for v in given):
+            raise ValueError("need 0 < ratio_min <= ratio_mean <= ratio_max <= 1 (the merge ratio L/N)")
+
+    def resolved(self, merge_ratio: float) -> "ObjectiveConfig":
+        """A copy with the ratio's mean, min and max filled in: the mean from the model's ``merge_ratio``
+        (one name for the paper's main knob, L/N), the clip at mean ± 2 std within (0, 1]."""
+        mean = merge_ratio if self.ratio_mean is None else self.ratio_mean
+        lo = max(mean - 2 * self.ratio_std, 0.01) if self.ratio_min is None else self.ratio_min
+        hi = min(mean + 2 * self.ratio_std, 1.0) if self.ratio_max is None else self.ratio_max
+        return replace(self, ratio_mean=round(mean, 6), ratio_min=round(lo, 6), ratio_max=round(hi, 6))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -158,18 +170,18 @@ def masked_accuracy(logits: torch.Tensor, labels: torch.Tensor, where: torch.Ten
 class MergeDNAPretrainer(nn.Module):
     """Runs the configured passes on a batch and returns the total loss and its parts."""
 
-    def __init__(self, model: MergeDNAForPretraining, cfg: ObjectiveConfig):
+    def __init__(self, model: MergeDNAForPretraining, objective: ObjectiveConfig):
         super().__init__()
-        self.model, self.cfg = model, cfg
+        self.model, self.objective = model, objective.resolved(model.config.merge_ratio)
 
     def forward(self, input_ids: torch.Tensor, gen: torch.Generator, ratio: float | None = None,
                 attention_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """input_ids (B, N). ``ratio`` fixes L/N (validation); otherwise it is drawn from ``gen``.
         Returns {"loss", and per part: "mtr", "latent_mtr", "amtm" / "mlm", "*_acc"} as 0-d tensors."""
         dgen = device_generator(gen, input_ids.device)
-        if self.cfg.objective == "mlm":
+        if self.objective.objective == "mlm":
             return self._mlm(input_ids, dgen, attention_mask)
-        cfg, model = self.cfg, self.model
+        cfg, model = self.objective, self.model
         ratio = sample_ratio(cfg, gen) if ratio is None else ratio
         out: dict[str, torch.Tensor] = {"ratio": torch.tensor(ratio)}
 
@@ -208,7 +220,7 @@ class MergeDNAPretrainer(nn.Module):
 
     def _choose_masked(self, token_weights, local: LocalEncoderOutput, k, gen) -> torch.Tensor:
         """Masked bases (B, N): spans in base coordinates (default) or the drawn tokens' own spans."""
-        if self.cfg.mask_spans == "bases":
+        if self.objective.mask_spans == "bases":
             return base_span_mask(token_weights, local, k, self.model.config.window_size, gen)
         chosen = gumbel_top_k(token_weights, k, gen)  # (B, L) local tokens
         return chosen.gather(1, local.assign) & local.base_mask
@@ -217,12 +229,13 @@ class MergeDNAPretrainer(nn.Module):
         """Replace the masked bases (B, N) by MASK, run the full model, score the masked non-N bases.
         With ``pass3_budget="visible"`` the masked and the visible bases are tokenized apart, each at the
         ratio, so visible DNA keeps pass 1's compression however much is masked."""
-        model = self.model
-        segments = masked.long() if self.cfg.pass3_budget == "visible" and ratio is not None else None
-        enc = model.mergedna.local_encoder(input_ids.masked_fill(masked, MASK), local.base_mask, ratio,
-                                           segments=segments, lengths_cpu=local.lengths_cpu)
-        latent = model.mergedna.latent_encoder(enc.tokens)
-        logits = model.decode(latent.tokens.z, enc)
+        if self.objective.pass3_budget == "visible" and ratio is not None:
+            logits, enc = self.model.masked_logits(input_ids, masked, local.base_mask, ratio, local.lengths_cpu)
+        else:  # one budget for the whole masked window (the paper's wording; or no merging at all)
+            model = self.model.mergedna
+            enc = model.local_encoder(input_ids.masked_fill(masked, MASK), local.base_mask, ratio,
+                                      lengths_cpu=local.lengths_cpu)
+            logits = self.model.decode(model.latent_encoder(enc.tokens).tokens.z, enc)
         labels = input_ids.masked_fill(~masked, -100)
         edge = masked_edges(masked, local.base_mask)
         out = {name: base_cross_entropy(logits, labels),
@@ -244,7 +257,7 @@ class MergeDNAPretrainer(nn.Module):
         with torch.no_grad():  # only the token spans are needed here
             local = model.mergedna.local_encoder(input_ids, base_mask, lengths_cpu=lengths)
         tmask = local.tokens.mask
-        k = torch.round(tmask.sum(1) * self.cfg.mlm_mask_ratio).long().clamp_min(1)
+        k = torch.round(tmask.sum(1) * self.objective.mlm_mask_ratio).long().clamp_min(1)
         masked = gumbel_top_k(tmask.float(), k, gen).gather(1, local.assign) & base_mask
         out = self._masked_pass(input_ids, local, masked, None, "mlm")
         out["loss"] = out["mlm"]

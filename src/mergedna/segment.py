@@ -244,8 +244,18 @@ def segment_fasta(encoder: MergeDNAModel, fasta, regions: list[str] | None = Non
     """Segment every record of ``fasta``, or only ``regions`` (``rec`` or ``rec:start-end``, 1-based
     inclusive), in file order. A region text that is itself a record's name (``20:59001-61000`` in
     a sliced FASTA) means that whole record, as in samtools."""
+    out = []
+    for name, s, ids in iter_regions(fasta, regions):
+        starts, ends = segment_ids(encoder, ids, merge_ratio=merge_ratio, batch_size=batch_size)
+        out.append(Segmentation(name, s, ids, starts + s, ends + s))
+    return out
+
+
+def iter_regions(fasta, regions: list[str] | None = None):
+    """Yield ``(record, start, ids)`` for every record of ``fasta``, or only ``regions`` (as in
+    :func:`segment_fasta`), in file order; ``start`` is 0-based in the record."""
     parsed = {text: parse_region(text) for text in regions or []}
-    out, done = [], set()
+    done = set()
     for name, ids in iter_fasta(fasta):
         spans = [(0, len(ids), name)] if not regions else []
         for text, (rec, s, e) in parsed.items():
@@ -255,12 +265,10 @@ def segment_fasta(encoder: MergeDNAModel, fasta, regions: list[str] | None = Non
         for s, e, text in spans:
             if e > len(ids):
                 raise ValueError(f"region {text!r} ends after record {name!r} ({len(ids)} bases)")
-            starts, ends = segment_ids(encoder, ids[s:e], merge_ratio=merge_ratio, batch_size=batch_size)
-            out.append(Segmentation(name, s, ids[s:e], starts + s, ends + s))
+            yield name, s, ids[s:e]
     missing = [text for text in parsed if text not in done]
     if missing:
         raise ValueError(f"regions whose record is not in {fasta}: {missing}")
-    return out
 
 
 def cmd_segment(args) -> int:

@@ -1,4 +1,4 @@
-"""Vocabulary and sequence encoding (SPEC §2).
+"""Vocabulary and sequence encoding (docs/method.md §2).
 
 Ids: ``A=0 C=1 G=2 T=3 N=4 PAD=5 MASK=6``. The four bases are ordered so that the
 complement of base id ``b`` is ``3 - b``. Encoding is a single 256-entry lookup

@@ -12,6 +12,7 @@ stop the run with the last good checkpoint intact.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -30,6 +31,7 @@ from ..model import MergeDNAForPretraining
 from ..precision import autocast, resolve
 from ..pretrained import atomic_write_dir
 from ..provenance import run_metadata
+from ..tokenizer_stats import validation_row
 from ..objectives import MergeDNAPretrainer, ObjectiveConfig, step_generator
 from . import distributed as D
 from .checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -178,6 +180,7 @@ def pretrain(cfg: TrainConfig) -> dict:
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg)
+    untrained = copy.deepcopy(model.mergedna.local_encoder).to(info.device)  # tokenizer diagnostics' reference
     ckpt = latest_checkpoint(out) if cfg.resume else None
     if cfg.resume and ckpt is None and info.is_main:
         print(f"--resume: no checkpoint under {out}/checkpoints, starting from scratch")
@@ -192,6 +195,7 @@ def pretrain(cfg: TrainConfig) -> dict:
         start = int(state["step"])
     model.to(info.device)
     objective = MergeDNAPretrainer(model, obj_cfg)
+    obj_cfg = objective.objective  # with the ratio's mean and clip resolved from the model's merge_ratio
     mem = estimate(model.config, cfg.window, cfg.batch_size, cfg.bf16, info.device,
                    shards=info.world_size if cfg.strategy == "fsdp" else 1, ratio=obj_cfg.ratio_mean,
                    lambda_latent=obj_cfg.lambda_latent, masking=obj_cfg.masking, objective=obj_cfg.objective)
@@ -275,6 +279,11 @@ def pretrain(cfg: TrainConfig) -> dict:
         last = done == cfg.steps or out_of_time
         if done % cfg.val_every == 0 or last:
             row = validate(wrapped, val_sampler, cfg, info)
+            if not (info.enabled and cfg.strategy == "fsdp"):  # FSDP shards φ: it cannot run outside the root
+                with autocast(cfg.bf16, info.device):  # pass 1's tokenization at the mean ratio, as validate runs it
+                    row |= validation_row(model.mergedna.local_encoder, untrained,
+                                          val_sampler.val_batches(cfg.val_windows, cfg.batch_size),
+                                          obj_cfg.ratio_mean, reduce=lambda t: D.all_reduce_sum(t, info))
             log.write({"split": "val", "step": done, **row})
             if info.is_main:
                 plot_curves(out / "metrics.jsonl", out / "curves.png")
@@ -321,7 +330,7 @@ def validate(wrapped, sampler: GenomeSampler, cfg: TrainConfig, info) -> dict:
     module = wrapped.module if hasattr(wrapped, "module") else wrapped
     was_training = module.training
     module.eval()
-    ratio = module.cfg.ratio_mean
+    ratio = module.objective.ratio_mean
     batches = sampler.val_batches(cfg.val_windows, cfg.batch_size)
     n_batches = int(D.all_reduce_max(torch.tensor([len(batches)]), info).item())
     sums, names = None, None
