@@ -170,8 +170,9 @@ def add_pretrain_parser(sub) -> None:
       help="bf16 autocast on or off (default: on where the device multiplies bf16 natively: AMX/AVX512-BF16 "
            "CPUs, CUDA; elsewhere fp32)")
     a("--compile", action="store_true", default=None, help="torch.compile the transformer blocks")
-    a("--activation-checkpointing", dest="activation_checkpointing", action="store_true", default=None,
-      help="recompute block activations during backward: much less memory for ~1/3 more compute")
+    a("--activation-checkpointing", dest="activation_checkpointing", action=argparse.BooleanOptionalAction,
+      default=None, help="recompute block activations during backward: much less memory for ~1/3 more compute "
+                         "(default: on exactly when the estimate printed at start-up does not fit the device)")
     a("--strategy", choices=["ddp", "fsdp"], help="under torchrun: DDP (default) or FSDP2")
     a("--seed", type=int)
     a("--log-every", dest="log_every", type=int)

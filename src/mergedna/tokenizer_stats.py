@@ -198,9 +198,14 @@ def diagnose_batches(local_encoder, batches: Iterable[torch.Tensor], ratio, refe
     (the untrained LocalEncoder, optional), run-length at the same budget, fixed spans of 2.
     ``reduce`` sums the count vector across processes (e.g. an all-reduce). Returns
     :func:`summarise` of the pooled counts. The caller sets eval mode and any autocast."""
-    counts: dict[str, float] = {}
     config = local_encoder.cfg
     device = next(local_encoder.parameters()).device
+    # every process must all-reduce the same keys in the same order, also one that got no batch:
+    # seed the counts with zeros from a two-base probe (the key set depends only on the tokenizers)
+    probe = torch.zeros(1, 2, dtype=torch.long, device=device)
+    probe_assigns = {"model": torch.zeros_like(probe), **({"untrained": torch.zeros_like(probe)} if reference is not None else {}),
+                     **baseline_assigns(probe, probe != PAD, config, ratio)}
+    counts = dict.fromkeys(collect_counts(probe, probe != PAD, probe_assigns), 0.0)
     for ids in batches:
         ids = ids.to(device)
         base_mask = ids != PAD
@@ -209,7 +214,7 @@ def diagnose_batches(local_encoder, batches: Iterable[torch.Tensor], ratio, refe
             assigns["untrained"] = reference(ids, base_mask, ratio).assign
         assigns |= baseline_assigns(ids, base_mask, config, ratio)
         collect_counts(ids, base_mask, assigns, counts)
-    if reduce is not None and counts:
+    if reduce is not None:
         keys = list(counts)
         total = reduce(torch.tensor([counts[k] for k in keys], dtype=torch.float64))
         counts = dict(zip(keys, total.tolist()))

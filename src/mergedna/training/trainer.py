@@ -12,11 +12,12 @@ stop the run with the last good checkpoint intact.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import json
 import math
+import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +35,9 @@ from ..provenance import run_metadata
 from ..tokenizer_stats import validation_row
 from ..objectives import MergeDNAPretrainer, ObjectiveConfig, step_generator
 from . import distributed as D
+from .optim import adamw, lr_factor, param_groups
 from .checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
+from .memory import choose_checkpointing, estimate
 from .plots import plot_curves
 
 
@@ -66,7 +69,9 @@ class TrainConfig:
     clip: float = 1.0
     bf16: bool | None = None  # None: bf16 autocast where the device has native bf16 (mergedna.precision)
     compile: bool = False
-    activation_checkpointing: bool = False  # recompute block activations in backward: far less memory, ~1/3 more compute
+    # recompute block activations in backward (far less memory, ~1/3 more compute); None: on exactly when the
+    # start-up estimate of activations + model state exceeds the device's memory (training/memory.py)
+    activation_checkpointing: bool | None = None
     strategy: str = "ddp"  # or "fsdp" under torchrun
     seed: int = 0
     log_every: int = 10
@@ -87,10 +92,7 @@ class TrainConfig:
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
     """Linear warm-up to ``lr`` over ``warmup`` steps, then cosine decay to ``min_lr_ratio * lr``."""
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+    return cfg.lr * lr_factor(step, cfg.warmup, cfg.steps, "cosine", cfg.min_lr_ratio)
 
 
 def build_model(cfg: TrainConfig) -> MergeDNAForPretraining:
@@ -118,22 +120,9 @@ def apply_block_options(model: torch.nn.Module, compile: bool = False, activatio
             block.compile(dynamic=True)
 
 
-def adamw(groups: list[dict], **kwargs) -> torch.optim.AdamW:
-    """AdamW with the fused kernel where it applies (plain CPU or CUDA tensors): on this CPU it steps
-    a 106M-parameter model 5-20x faster than ``foreach``, which the CPU runs tensor by tensor.
-    Sharded (FSDP2 ``DTensor``) parameters keep ``foreach``."""
-    params = [p for g in groups for p in g["params"]]
-    plain = all(type(p) is torch.nn.Parameter or type(p) is torch.Tensor for p in params)
-    fused = plain and params and all(p.device.type in ("cpu", "cuda") for p in params)
-    return torch.optim.AdamW(groups, fused=True, **kwargs) if fused else torch.optim.AdamW(groups, foreach=True, **kwargs)
-
-
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW; matrices decay, norms and embeddings do not."""
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
-    rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
-    return adamw(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+    """AdamW; matrices decay, norms and embeddings do not (the groups fine-tuning uses too)."""
+    return adamw(param_groups(model.named_parameters(), cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas))
 
 
 class _Log:
@@ -194,8 +183,14 @@ def pretrain(cfg: TrainConfig) -> dict:
     model.to(info.device)
     objective = MergeDNAPretrainer(model, obj_cfg)
     obj_cfg = objective.objective  # with the ratio's mean and clip resolved from the model's merge_ratio
+    mem = estimate(model.config, cfg.window, cfg.batch_size, cfg.bf16, info.device,
+                   shards=info.world_size if cfg.strategy == "fsdp" else 1, ratio=obj_cfg.ratio_mean,
+                   lambda_latent=obj_cfg.lambda_latent, masking=obj_cfg.masking, objective=obj_cfg.objective)
+    cfg = dataclasses.replace(cfg, activation_checkpointing=choose_checkpointing(cfg.activation_checkpointing, mem))
+    if info.is_main:
+        tqdm.write(mem.summary(cfg.activation_checkpointing), file=sys.stderr)
     apply_block_options(model, compile=cfg.compile, activation_checkpointing=cfg.activation_checkpointing)
-    wrapped = D.wrap_model(objective, info, cfg.strategy)
+    wrapped = D.wrap_model(objective, info, cfg.strategy, bf16=cfg.bf16)
     optimizer = make_optimizer(model, cfg)
     if optim_state is not None:
         D.load_optimizer_state(wrapped, optimizer, optim_state)
@@ -204,7 +199,8 @@ def pretrain(cfg: TrainConfig) -> dict:
     meta = {**run_metadata(), "world_size": info.world_size}
     if info.is_main:
         write_json_atomic(out / "run_config.json", {"train": cfg.to_dict(), "objective": obj_cfg.to_dict(),
-                                                    "model": model.config.to_dict(), "meta": meta})
+                                                    "model": model.config.to_dict(), "meta": meta,
+                                                    "memory": mem.to_dict()})
     n_params = sum(p.numel() for p in model.parameters())
     bases_per_step = cfg.batch_size * cfg.window * cfg.grad_accum * info.world_size
     bar = tqdm(total=cfg.steps, initial=start, disable=not (info.is_main and cfg.progress), unit="step",
@@ -224,28 +220,31 @@ def pretrain(cfg: TrainConfig) -> dict:
     for step in range(start, cfg.steps):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
-        sums: dict[str, float] = {}
+        names, parts_sum = None, None  # this step's loss parts, a device vector (no host reads per micro-step)
         for micro in range(cfg.grad_accum):
             index = step * cfg.grad_accum + micro
-            ids = train_sampler.batch(index, cfg.batch_size).to(info.device)
-            sync = (contextlib.nullcontext() if micro == cfg.grad_accum - 1 or not hasattr(wrapped, "no_sync")
-                    else wrapped.no_sync())
-            with sync:
+            ids = train_sampler.batch(index, cfg.batch_size).to(info.device, non_blocking=True)
+            with D.gradient_sync(wrapped, sync=micro == cfg.grad_accum - 1):
                 with autocast(cfg.bf16, info.device):
                     parts = wrapped(ids, step_generator(cfg.seed, index, info.rank))
                 (parts["loss"] / cfg.grad_accum).backward()
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-        finite = torch.tensor([float(math.isfinite(sums["loss"]) and bool(torch.isfinite(grad_norm)))])
-        finite = bool(D.all_reduce_sum(finite, info).item() == info.world_size)
+            names = list(parts)
+            vec = torch.stack([v.detach().float().to(info.device) for v in parts.values()]) / cfg.grad_accum
+            parts_sum = vec if parts_sum is None else parts_sum + vec
+        grad_norm = _full(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip))
+        # one collective and one host read per step: every rank's finite flag and time-limit flag together
+        out_of_time = cfg.time_limit is not None and (time.time() - t0) / 60 > cfg.time_limit
+        flags = torch.stack([(torch.isfinite(parts_sum[names.index("loss")]) & torch.isfinite(grad_norm)).float(),
+                             torch.tensor(float(out_of_time), device=info.device)])
+        n_finite, n_out_of_time = D.all_reduce_sum(flags, info).tolist()
+        finite, out_of_time = n_finite == info.world_size, n_out_of_time > 0
         if finite:
             optimizer.step()
             bad = 0
         else:
             bad += 1
-            log.write({"split": "train", "step": step + 1, "skipped": True, "loss": sums["loss"],
-                       "grad_norm": float(grad_norm)})
+            log.write({"split": "train", "step": step + 1, "skipped": True,
+                       "loss": float(parts_sum[names.index("loss")]), "grad_norm": float(grad_norm)})
         optimizer.zero_grad(set_to_none=True)
         if bad >= cfg.max_bad_steps:
             last = latest_checkpoint(out)
@@ -254,17 +253,16 @@ def pretrain(cfg: TrainConfig) -> dict:
         window_bases += bases_per_step
         done = step + 1
         if finite and (done % cfg.log_every == 0 or done == cfg.steps):
-            red = D.all_reduce_sum(torch.tensor(list(sums.values())), info) / info.world_size
-            sums = dict(zip(sums, red.tolist()))
+            # the only host read of the loss parts: once per log_every steps
+            red = D.all_reduce_sum(torch.cat([parts_sum, grad_norm.float().reshape(1)]), info).tolist()
+            sums = {k: v / info.world_size for k, v in zip(names, red)}
             bps = window_bases / max(time.time() - window_t, 1e-9)
             window_t, window_bases = time.time(), 0
-            log.write({"split": "train", "step": done, "lr": lr_at(step, cfg), "grad_norm": float(grad_norm),
+            log.write({"split": "train", "step": done, "lr": lr_at(step, cfg), "grad_norm": red[-1] / info.world_size,
                        "bp_per_s": bps, "elapsed_s": time.time() - t0, **sums})
             bar.set_postfix({k: f"{sums[k]:.3f}" for k in ("loss", "mtr", "latent_mtr", "amtm", "mlm") if k in sums}
                             | {"bp/s": f"{bps:,.0f}"})
         bar.update(1)
-        out_of_time = cfg.time_limit is not None and (time.time() - t0) / 60 > cfg.time_limit
-        out_of_time = bool(D.all_reduce_sum(torch.tensor([float(out_of_time)]), info).item() > 0)
         last = done == cfg.steps or out_of_time
         if done % cfg.val_every == 0 or last:
             row = validate(wrapped, val_sampler, cfg, info)
@@ -303,21 +301,40 @@ def _val_spec(val: str):
         return val
 
 
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """A plain tensor from a (possibly FSDP2-sharded) DTensor result such as the total gradient norm."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
 @torch.no_grad()
 def validate(wrapped, sampler: GenomeSampler, cfg: TrainConfig, info) -> dict:
-    """Mean of every loss part over the fixed held-out windows, at the mean ratio, fixed noise."""
+    """Mean of every loss part over the fixed held-out windows, at the mean ratio, fixed noise.
+
+    Every rank runs the same number of forward passes (the most any rank has; a rank short of
+    windows repeats one with weight 0, a rank with none runs a poly-A window): an FSDP2 forward
+    is a collective, and a rank that got no validation windows still takes part in the reduction.
+    One host read at the end."""
     module = wrapped.module if hasattr(wrapped, "module") else wrapped
     was_training = module.training
     module.eval()
     ratio = module.objective.ratio_mean
-    sums, n = None, 0
-    for i, ids in enumerate(sampler.val_batches(cfg.val_windows, cfg.batch_size)):
+    batches = sampler.val_batches(cfg.val_windows, cfg.batch_size)
+    n_batches = int(D.all_reduce_max(torch.tensor([len(batches)]), info).item())
+    sums, names = None, None
+    for i in range(n_batches):
+        real = i < len(batches)
+        ids = batches[i] if real else (batches[-1] if batches else torch.zeros(1, cfg.window, dtype=torch.long))
         with autocast(cfg.bf16, info.device):
             parts = module(ids.to(info.device), step_generator(cfg.seed, i, rank=10_000 + info.rank), ratio=ratio)
-        vec = torch.tensor([float(v) for v in parts.values()]) * ids.shape[0]
+        names = list(parts)
+        weight = float(ids.shape[0]) if real else 0.0
+        vec = torch.stack([v.detach().float().to(info.device) for v in parts.values()] +
+                          [torch.ones((), device=info.device)]) * weight  # last entry counts windows
         sums = vec if sums is None else sums + vec
-        n += ids.shape[0]
-    keys = list(parts.keys())
-    total = D.all_reduce_sum(torch.cat([sums, torch.tensor([float(n)])]), info)
     module.train(was_training)
-    return dict(zip(keys, (total[:-1] / total[-1]).tolist())) | {"windows": int(total[-1])}
+    if sums is None:  # no rank has any validation window
+        return {"windows": 0}
+    total = D.all_reduce_sum(sums, info).tolist()
+    if total[-1] == 0:
+        return {"windows": 0}
+    return {k: v / total[-1] for k, v in zip(names, total[:-1])} | {"windows": int(total[-1])}
