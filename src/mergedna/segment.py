@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import PRESETS, preset as preset_config
+from .cli_args import add_model_source
+from .config import preset as preset_config
 from tqdm.auto import tqdm
 
 from .embed import load_encoder
@@ -315,10 +316,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``mergedna segment``."""
     p = subparsers.add_parser("segment", help="show the learned token boundaries of DNA; token length per "
                                               "annotated region type")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", help="checkpoint directory")
-    src.add_argument("--preset", choices=sorted(PRESETS), help="random weights (plumbing checks only)")
-    p.add_argument("--seed", type=int, default=0, help="initialisation seed with --preset")
+    add_model_source(p, model_help="checkpoint directory", preset_help="random weights (plumbing checks only)")
     p.add_argument("--fasta", required=True, help="FASTA file (plain or gzip)")
     p.add_argument("--region", action="append", help="RECORD or RECORD:START-END (1-based, inclusive); repeatable")
     ann = p.add_mutually_exclusive_group()

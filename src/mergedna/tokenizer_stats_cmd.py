@@ -10,7 +10,8 @@ import argparse
 import numpy as np
 import torch
 
-from .config import PRESETS, preset as preset_config
+from .cli_args import add_model_source
+from .config import preset as preset_config
 from .embed import load_encoder
 from .precision import PRECISIONS, autocast
 from .provenance import run_metadata, write_json_atomic
@@ -76,10 +77,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``mergedna tokenizer-stats``."""
     p = subparsers.add_parser("tokenizer-stats", help="token boundary diagnostics of a checkpoint on FASTA, beside "
                                                       "the untrained, run-length and fixed-span tokenizers")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", help="checkpoint directory")
-    src.add_argument("--preset", choices=sorted(PRESETS), help="random weights (plumbing checks only)")
-    p.add_argument("--seed", type=int, default=0, help="initialisation seed with --preset")
+    add_model_source(p, model_help="checkpoint directory", preset_help="random weights (plumbing checks only)")
     p.add_argument("--reference-seed", type=int, help="init seed of the untrained reference (default: the run's "
                                                       "seed from run_config.json beside the checkpoint, else 0)")
     p.add_argument("--fasta", required=True, help="FASTA file (plain or gzip)")

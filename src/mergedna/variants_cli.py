@@ -8,7 +8,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from .config import PRESETS
+from .cli_args import add_model_source
 from .precision import PRECISIONS, resolve
 from .provenance import run_metadata, write_json_atomic, write_text_atomic
 from .variants import (EDGES, MASKS, evaluate, load_scoring_model, markdown_table, random_scoring_model, read_scores,
@@ -98,10 +98,7 @@ def add_parser(subparsers) -> None:
                                                      "token masked) for a VCF",
                               description="Score every SNV of a VCF by the pretraining model's log-likelihood ratio "
                                           "at the variant, its token masked (docs/variant_scoring.md).")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", help="pretraining checkpoint directory (with decoders and base head)")
-    src.add_argument("--preset", choices=sorted(PRESETS), help="random weights: the untrained floor")
-    p.add_argument("--seed", type=int, default=0, help="initialisation seed with --preset")
+    add_model_source(p, model_help="pretraining checkpoint directory (with decoders and base head)", preset_help="random weights: the untrained floor")
     p.add_argument("--fasta", required=True, help="reference FASTA (plain, gzip or bgzip); records may be "
                                                   "regions named chrom:start-end")
     p.add_argument("--vcf", required=True, help="VCF (plain, gzip or bgzip)")
