@@ -1,5 +1,5 @@
 """Benchmark suites: tasks × seeds of :func:`~mergedna.finetune.finetune`, summarised next to the
-published MergeDNA numbers (SPEC §8–9).
+published MergeDNA numbers (docs/method.md §8–9).
 
 ``run_benchmark`` fine-tunes every task of a suite with every seed, each run in its own folder
 ``<out>/runs/<task>/seed<k>/``. After every finished run it rewrites ``<out>/results.json`` and
@@ -13,7 +13,7 @@ trains those references on the same splits with the same seed, each to
 and appear as columns of the same table, with the mean wall time per run of each. ``model`` and
 ``preset`` may both be None when baselines are given: a baselines-only table.
 
-The summary follows SPEC §8: per task the mean ± sample sd (n − 1) over seeds of each metric;
+The summary follows docs/method.md §8: per task the mean ± sample sd (n − 1) over seeds of each metric;
 over tasks the *plain* mean of the per-task means (never a mean of group means), with, when every
 task has the same seeds, the sd over seeds of the per-seed task mean. Tables show metrics × 100,
 as the paper does; ``results.json`` keeps them as fractions.
@@ -38,7 +38,7 @@ from .data.tasks import load_task
 from .finetune import FinetuneSettings, add_training_arguments, finetune, settings_from_args
 from .provenance import run_metadata, write_json_atomic, write_text_atomic
 
-# SPEC §9: MergeDNA (380M), GUE, MCC × 100, per task as published
+# docs/method.md §9: MergeDNA (380M), GUE, MCC × 100, per task as published
 PUBLISHED_GUE_MCC = {
     "tf/0": 72.36, "tf/1": 76.50, "tf/2": 70.48, "tf/3": 61.12, "tf/4": 80.76,
     "mouse/0": 68.23, "mouse/1": 86.69, "mouse/2": 82.85, "mouse/3": 73.46, "mouse/4": 54.82,
@@ -53,13 +53,13 @@ PUBLISHED_GUE_MCC = {
 # published whole-suite means (only comparable when every task of the suite was run)
 SUITES = {
     "gue": {"layout": "gue", "metric": "mcc", "published": PUBLISHED_GUE_MCC,
-            "published_source": "MergeDNA 380M, SPEC §9",
+            "published_source": "MergeDNA 380M, docs/method.md §9",
             "suite_means": {"DNABERT-2 (117M), 28-task plain mean": 66.80}},
     "genomic_benchmarks": {"layout": "genomic_benchmarks", "metric": "accuracy", "published": {},
-                           "published_source": "SPEC §9 (suite means only)",
+                           "published_source": "docs/method.md §9 (suite means only)",
                            "suite_means": {"MergeDNA, 8-task plain mean": 90.12, "GENERator": 89.92,
                                            "NT-500M": 89.26, "supervised CNN baseline": 79.24}},
-    "nt": {"layout": "nt", "metric": "mcc", "published": {}, "published_source": "none in SPEC §9",
+    "nt": {"layout": "nt", "metric": "mcc", "published": {}, "published_source": "none in docs/method.md §9",
            "suite_means": {}},
     # labelled files without a fixed split (e.g. the embedded UCI splice set): split 80/10/10 by split_seed
     "csv": {"layout": "csv", "metric": "mcc", "published": {}, "published_source": "none",

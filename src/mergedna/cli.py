@@ -184,7 +184,7 @@ def add_pretrain_parser(sub) -> None:
     a("--time-limit", dest="time_limit", type=float, help="stop after this many minutes, with a checkpoint")
     a("--device", help="cpu or cuda (default: cuda if available)")
     a("--no-progress", dest="progress", action="store_false", default=None)
-    g = p.add_argument_group("objective (SPEC §7 and its ablations)")
+    g = p.add_argument_group("objective (docs/method.md §7 and its ablations)")
     g.add_argument("--lambda-latent", dest="lambda_latent", type=float, help="λ for latent MTR (default 0.25; 0 = off)")
     g.add_argument("--masking", choices=["amtm", "uniform", "none"], help="pass 3 masking (default amtm)")
     g.add_argument("--ratio-mean", dest="ratio_mean", type=float, help="mean L/N (default 0.5)")

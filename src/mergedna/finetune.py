@@ -1,4 +1,4 @@
-"""Fine-tuning and honest evaluation of sequence classifiers (SPEC §8).
+"""Fine-tuning and honest evaluation of sequence classifiers (docs/method.md §8).
 
 :func:`finetune` trains a :class:`~mergedna.heads.MergeDNAForSequenceClassification` on a labelled
 task, from a checkpoint (``model=DIR``) or from random initialisation (``preset=NAME``, the
@@ -406,7 +406,7 @@ def train_selected_on_dev(task: Task, splits: dict[str, LabelledSplit], model, p
 
 
 def sweep_grid(init: str, settings: FinetuneSettings, lora_ranks=None) -> list[dict]:
-    """The ``--sweep`` grid (SPEC §8, issue 14): peak lr from :data:`SWEEP_LRS` for the init, weight
+    """The ``--sweep`` grid (docs/method.md §8, issue 14): peak lr from :data:`SWEEP_LRS` for the init, weight
     decay {0, 0.01}, and LoRA ranks ``lora_ranks`` (default: the settings' own rank only)."""
     ranks = [settings.lora_rank] if lora_ranks is None else list(lora_ranks)
     return [{"lr": lr, "weight_decay": wd, "lora_rank": r}

@@ -1,4 +1,4 @@
-"""Downstream heads (SPEC §8).
+"""Downstream heads (docs/method.md §8).
 
 * Sequence level: both decoders dropped; the Latent Encoder's output is pooled into an MLP.
   ``config.pooling`` says how (:class:`SequencePooler`): ``mean``, the paper's size-weighted mean

@@ -7,7 +7,7 @@ overridden. A record (or a ``record:start-end`` region, 1-based inclusive as in 
 into **non-overlapping** windows of the model's ``max_length`` bases, the last one shorter, and
 each window is tokenized on its own: a window edge is always a token edge, and no token spans
 two windows. A token is a maximal run of bases with the same ``assign`` value (spans are
-contiguous, SPEC §4). Coordinates are 0-based half-open in the record.
+contiguous, docs/method.md §4). Coordinates are 0-based half-open in the record.
 
 Annotations: BED (0-based half-open; the region type is column 4 unless another column is
 named) or GFF3 (column 3, the feature type; 1-based inclusive, converted). An annotation line

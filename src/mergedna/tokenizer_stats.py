@@ -1,7 +1,7 @@
 """Tokenizer diagnostics: what the Local Encoder's boundaries look like, beside three baselines.
 
 Everything here is a pure function of ``ids`` (B, N), ``assign`` (B, N) base -> token (contiguous
-spans, SPEC §4) and ``base_mask`` (B, N) real bases (a prefix of each row). Definitions (also in
+spans, docs/method.md §4) and ``base_mask`` (B, N) real bases (a prefix of each row). Definitions (also in
 docs/tokenizer_diagnostics.md):
 
 * **pairs**: adjacent real bases (i, i+1) of one row, N - 1 per row of N real bases.

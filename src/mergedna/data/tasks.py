@@ -1,4 +1,4 @@
-"""Labelled benchmark tasks for fine-tuning and evaluation (SPEC §8).
+"""Labelled benchmark tasks for fine-tuning and evaluation (docs/method.md §8).
 
 Every loader returns a :class:`Task`: named :class:`LabelledSplit` s (``train``/``dev``/``test``,
 those present), the label names with their integer ids, and the metric the benchmark publishes.
