@@ -1,7 +1,7 @@
 # Two entry points, each sets itself up on a fresh machine:
 #   make demo   - the main job: pretrain on the embedded E. coli genome, fine-tune on UCI splice
 #                 junctions (pretrained vs from scratch), show the learned tokens; < 10 min on 2 CPU cores
-#   make test   - the test suite (CI runs exactly this)
+#   make test   - ruff (errors only), then the test suite (CI runs exactly this)
 #   make bench  - the speed suite (issue 6): ~40 min on 2 cores, writes benchmarks/results/suite.{json,md}
 # Both create .venv on first use. torch is pinned: `pip install torch==2.13.0` takes the CPU build.
 
@@ -27,6 +27,7 @@ demo: $(STAMP)
 	$(BIN)/mergedna demo --out $(DEMO_OUT)
 
 test: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

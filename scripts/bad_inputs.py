@@ -259,7 +259,7 @@ def write_report(b: Bench, path: Path) -> None:
              f"Command: `{meta['command']}`  ", f"Date: {meta['date']}  ",
              f"Commit: {meta['git_commit']} (dirty: {meta['git_dirty']})  ",
              f"Machine: {meta['machine']['cpu']}, {meta['machine']['cpus']} CPUs, torch {meta['machine']['torch']}  ",
-             f"Seed: 0 (the CLI default)  ", f"Cases as expected: {ok} of {len(b.rows)}", "",
+             "Seed: 0 (the CLI default)  ", f"Cases as expected: {ok} of {len(b.rows)}", "",
              "| # | case | exit (expected) | message | left in the output folder | command |", "|---|---|---|---|---|---|"]
     for r in b.rows:
         cell = lambda x: str(x).replace("|", "\\|").replace("\n", " ")  # noqa: E731

@@ -13,9 +13,7 @@ import re
 import stat
 import subprocess
 import sys
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 

@@ -50,7 +50,7 @@ from .model import MergeDNAForPretraining
 from .precision import autocast
 from .pretrained import WEIGHTS_NAME
 from .seqio import pad_batch, write_text_atomic
-from .vocab import MASK, N, reverse_complement
+from .vocab import N, reverse_complement
 
 EDGES = ("shift", "pad")
 MASKS = ("token", "base")

@@ -15,8 +15,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
