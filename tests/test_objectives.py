@@ -95,13 +95,22 @@ def test_ratio_sampling_and_fixed_ratio_ablation():
 
 @pytest.mark.parametrize("kw", [dict(masking="uniform"), dict(lambda_latent=0.0), dict(masking="none"),
                                 dict(objective="mlm")])
-def test_ablation_switches_run(kw, chr20):
+def test_ablation_switches_run(kw, chr20, monkeypatch):
+    # each switch must change what runs, not only leave a finite loss: the AMTM weights (1/g²) are only
+    # drawn with masking="amtm", pass 3 only runs with masking != "none", latent MTR only with lambda > 0
+    import mergedna.objectives as objectives
+
+    weights_drawn = []
+    real = objectives.amtm_weights
+    monkeypatch.setattr(objectives, "amtm_weights", lambda *a: weights_drawn.append(1) or real(*a))
     torch.manual_seed(0)
     tok = "none" if kw.get("objective") == "mlm" else "learned"
     model = MergeDNAForPretraining(preset("tiny", tokenizer=tok))
     out = MergeDNAPretrainer(model, ObjectiveConfig(**kw))(batch_from(chr20, [128, 100]), step_generator(0, 0))
     out["loss"].backward()
     assert torch.isfinite(out["loss"])
+    assert bool(weights_drawn) == (kw.get("masking", "amtm") == "amtm" and kw.get("objective") != "mlm")
+    assert ("amtm" in out) == (kw.get("masking") != "none" and kw.get("objective") != "mlm")
     if kw.get("objective") == "mlm":
         assert set(out) >= {"mlm", "mlm_acc"} and abs(float(out["mlm_masked_frac"]) - 0.15) < 0.02
     if kw.get("lambda_latent") == 0.0:
