@@ -123,10 +123,17 @@ def test_bad_inputs_get_clear_errors(tiny):
         tiny(torch.tensor([0, 1, 2]))
 
 
-def test_mask_token_is_accepted(tiny, chr20):
+def test_mask_token_is_its_own_input(tiny, chr20):
+    # MASK is accepted and is an input of its own: distinct from every base and from N at the masked positions
     ids = batch_from(chr20, [64])
-    ids[0, 10:20] = MASK
-    assert torch.isfinite(tiny(ids).logits).all()
+    with torch.no_grad():
+        outs = {}
+        for name, value in (("mask", MASK), ("n", N), ("a", 0)):
+            x = ids.clone()
+            x[0, 10:20] = value
+            outs[name] = tiny(x).logits[0, 10:20]
+    assert torch.isfinite(outs["mask"]).all()
+    assert not torch.allclose(outs["mask"], outs["n"]) and not torch.allclose(outs["mask"], outs["a"])
 
 
 def test_preset_parameter_counts():
