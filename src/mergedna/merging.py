@@ -137,6 +137,28 @@ def _relaxed_degree(score, candidate, chosen, group, G: int, temperature: float)
     return torch.where(candidate, m, torch.zeros_like(m))
 
 
+def _survivors(merge: torch.Tensor, dest: torch.Tensor, mask: torch.Tensor, lengths_cpu: torch.Tensor | None,
+               r_cpu: torch.Tensor | None):
+    """The old -> new index map of a merge step from per-token choices (both planners).
+
+    merge (B, n) bool: the token joins ``dest`` (B, n) (its own index otherwise). Returns ``new_idx``
+    (B, n, each survivor's new index), ``index`` (B, n, each token's new index; surplus padding goes to
+    the dropped slot ``n_new``), ``n_new``, the new lengths (B,) and, when the caller knows that every
+    budgeted merge happens (``lengths_cpu`` and ``r_cpu`` given), the new lengths on the host, so that
+    ``n_new`` needs no device read."""
+    keep = ~merge  # survivors: every destination, every unmerged token, all padding
+    new_idx = keep.long().cumsum(1) - 1
+    lengths = (mask & keep).sum(1)
+    lengths_new_cpu = None
+    if lengths_cpu is not None and r_cpu is not None:
+        lengths_new_cpu = lengths_cpu - torch.minimum(r_cpu.view(-1), torch.div(lengths_cpu, 2, rounding_mode="floor"))
+        n_new = int(lengths_new_cpu.max()) if len(lengths_cpu) else 0
+    else:
+        n_new = int(lengths.max()) if lengths.numel() else 0  # one device read
+    index = new_idx.gather(1, dest).clamp_max(n_new)
+    return new_idx, index, n_new, lengths, lengths_new_cpu
+
+
 def adjacent_merge_plan(metric: torch.Tensor, mask: torch.Tensor, r: torch.Tensor,
                         scope: str = "sequence", window: int = 16, *, segment: torch.Tensor | None = None,
                         temperature: float | None = None, lengths_cpu: torch.Tensor | None = None,
@@ -198,17 +220,9 @@ def adjacent_merge_plan(metric: torch.Tensor, mask: torch.Tensor, r: torch.Tenso
     merge[:, 0::2] = chosen
     dest = torch.arange(n_pad, device=mask.device).expand(B, -1).clone()
     dest[:, 0::2] = torch.where(chosen, dest_a, ia)
-    keep = ~merge  # survivors: every destination, every unmerged token, all padding
-    new_idx = keep.long().cumsum(1) - 1  # (B, n): index of each survivor in the new row
-    lengths = (mask & keep).sum(1)
-    lengths_new_cpu = None
-    if segment is None and lengths_cpu is not None and r_cpu is not None:
-        # every sequence can spend its whole budget (r <= len // 2 <= its candidates), so this is exact
-        lengths_new_cpu = lengths_cpu - torch.minimum(r_cpu.view(-1), torch.div(lengths_cpu, 2, rounding_mode="floor"))
-        n_new = int(lengths_new_cpu.max()) if B else 0
-    else:
-        n_new = int(lengths.max()) if B else 0  # one device read
-    index = new_idx.gather(1, dest).clamp_max(n_new)  # surplus padding -> the dropped slot n_new
+    # unsegmented, every sequence can spend its whole budget (r <= len // 2 <= its candidates)
+    new_idx, index, n_new, lengths, lengths_new_cpu = _survivors(
+        merge, dest, mask, lengths_cpu if segment is None else None, r_cpu)
     weight = torch.ones(B, n_pad, dtype=torch.float32, device=mask.device)
     soft = soft_dest = None
     if temperature is not None and score.requires_grad:
@@ -251,17 +265,8 @@ def bipartite_merge_plan(metric: torch.Tensor, mask: torch.Tensor, r: torch.Tens
     merge[:, 0::2] = chosen
     dest = torch.arange(n, device=mask.device).expand(B, -1).clone()
     dest[:, 0::2] = torch.where(chosen, best_b * 2 + 1, ia)
-    keep = ~merge
-    new_idx = keep.long().cumsum(1) - 1
-    lengths = (mask & keep).sum(1)
-    lengths_new_cpu = None
-    if lengths_cpu is not None and r_cpu is not None:
-        # every real A token (ceil(len/2) of them) has a real B to join once len >= 2, and r <= len // 2
-        lengths_new_cpu = lengths_cpu - torch.minimum(r_cpu.view(-1), torch.div(lengths_cpu, 2, rounding_mode="floor"))
-        n_new = int(lengths_new_cpu.max()) if B else 0
-    else:
-        n_new = int(lengths.max()) if B else 0
-    index = new_idx.gather(1, dest).clamp_max(n_new)
+    # every real A token (ceil(len/2) of them) has a real B to join once len >= 2, and r <= len // 2
+    _, index, n_new, lengths, lengths_new_cpu = _survivors(merge, dest, mask, lengths_cpu, r_cpu)
     weight = torch.ones(mask.shape, dtype=torch.float32, device=mask.device)
     return MergePlan(index=index, n_new=n_new, lengths=lengths, weight=weight, lengths_cpu=lengths_new_cpu)
 
