@@ -86,10 +86,11 @@ class LocalEncoder(nn.Module):
         return metric.detach() if self.cfg.merge_grad == "none" else metric
 
     def forward(self, input_ids, base_mask, merge_ratio=None, output_hidden_states=False, *,
-                segments: torch.Tensor | None = None, lengths_cpu: torch.Tensor | None = None) -> LocalEncoderOutput:
+                segments: torch.Tensor | None = None, num_segments: int = 2,
+                lengths_cpu: torch.Tensor | None = None) -> LocalEncoderOutput:
         """input_ids, base_mask (B, N). ``merge_ratio`` L/N: a float or (B,) (config default).
-        ``segments`` (B, N) long: bases of different segments never share a token and each segment is
-        compressed at the ratio on its own (pretraining pass 3: masked vs visible bases).
+        ``segments`` (B, N) long in [0, ``num_segments``): bases of different segments never share a token
+        and each segment is compressed at the ratio on its own (pretraining pass 3: masked vs visible bases).
         ``lengths_cpu`` (B,): real bases per row, known on the host (else read once from the device)."""
         cfg = self.cfg
         B, N = input_ids.shape
@@ -105,8 +106,7 @@ class LocalEncoder(nn.Module):
             ratio_cpu = ratio.cpu() if torch.is_tensor(ratio) else ratio
             target = target_lengths(lengths_cpu, ratio_cpu, steps)  # (B,) on the host
         else:  # a budget per segment, from the real bases of each
-            S = int(segments.max()) + 1 if B else 1
-            seg_len = torch.zeros(B, S, dtype=torch.long, device=segments.device).scatter_add_(
+            seg_len = torch.zeros(B, num_segments, dtype=torch.long, device=segments.device).scatter_add_(
                 1, segments, base_mask.long())
             ratio_s = torch.as_tensor(ratio, dtype=torch.float32, device=segments.device).reshape(-1, 1)
             target = target_lengths(seg_len, ratio_s, steps)  # (B, S) on the device
