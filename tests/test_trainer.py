@@ -195,3 +195,22 @@ def test_optimizer_is_fused_adamw_with_the_parameter_groups():
     assert decay["weight_decay"] == 0.1 and rest["weight_decay"] == 0.0
     assert sum(p.numel() for g in (decay, rest) for p in g["params"]) == sum(p.numel() for p in model.parameters())
     assert model.mergedna.local_encoder.embed.weight in rest["params"]
+
+
+def test_train_step_is_the_loops_step_and_its_micro_steps_are_seeded_by_index(tmp_path):
+    """setup_run + train_step alone give the loss the loop logs for step 1, and that loss is the mean
+    of plain forward passes over micro-batches 0 and 1 with the noise of (seed, index, rank)."""
+    from mergedna.config import preset
+    from mergedna.objectives import ObjectiveConfig, step_generator
+    from mergedna.training.trainer import setup_run, train_step
+
+    run = setup_run(small_run(tmp_path / "step", grad_accum=2, steps=1, bf16=False))
+    result = train_step(run, 0)
+    assert result.finite and not result.out_of_time
+    torch.manual_seed(0)
+    objective = MergeDNAPretrainer(MergeDNAForPretraining(preset("tiny")), ObjectiveConfig())
+    expected = sum(objective(run.train_sampler.batch(i, 2), step_generator(0, i, 0))["loss"].detach() / 2
+                   for i in range(2))
+    assert float(result.loss) == float(expected)
+    pretrain(small_run(tmp_path / "loop", grad_accum=2, steps=1, bf16=False))
+    assert train_rows(tmp_path / "loop")[1]["loss"] == float(result.loss)
