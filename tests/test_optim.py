@@ -4,7 +4,7 @@
 import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from conftest import FIXTURES
+from mergedna_testing import FIXTURES
 from mergedna.config import preset
 from mergedna.data.task_batching import make_dataloader
 from mergedna.data.tasks import load_gue_task

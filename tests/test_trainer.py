@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import FIXTURES, batch_from
+from mergedna_testing import FIXTURES, batch_from
 from mergedna.model import MergeDNAForPretraining
 from mergedna.objectives import MergeDNAPretrainer
 from mergedna.precision import resolve
@@ -128,12 +128,11 @@ def _ddp_worker(rank, world, init_file, out_file):
 
     from mergedna.config import preset
     from mergedna.objectives import ObjectiveConfig, step_generator
-    from mergedna.vocab import encode
-    from conftest import read_fasta_simple
+    from mergedna_testing import chr20_ids
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.manual_seed(0)
-    chr20 = encode(read_fasta_simple(FIXTURES / "chr20_slice.fa")["20:30000001-30006000"])
+    chr20 = chr20_ids()
     model = MergeDNAForPretraining(preset("tiny"))
     ddp = torch.nn.parallel.DistributedDataParallel(MergeDNAPretrainer(model, ObjectiveConfig()))
     ids = batch_from(chr20, [256, 256, 256, 256])[2 * rank:2 * rank + 2]
