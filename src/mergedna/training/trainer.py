@@ -8,6 +8,12 @@ part to ``metrics.jsonl`` and a PNG, and writes atomic checkpoints. Each step's 
 randomness are functions of (seed, step, rank), so ``--resume`` after any kill reproduces
 the uninterrupted run. A NaN/Inf loss or gradient skips the step; ``max_bad_steps`` in a row
 stop the run with the last good checkpoint intact.
+
+``pretrain`` is a short loop over named steps, each a function of a :class:`Run` (what
+:func:`setup_run` builds once): :func:`train_step` (micro-steps in :func:`forward_backward`),
+:func:`skip_or_stop` (the NaN policy), :func:`maybe_log`, :func:`maybe_validate`,
+:func:`maybe_checkpoint`, and :func:`finish`. Parallelism is applied in :func:`setup_run` from
+outside the model (:func:`mergedna.training.distributed.wrap_model`).
 """
 
 from __future__ import annotations
@@ -262,7 +268,7 @@ def load_resume_state(cfg: TrainConfig, model: MergeDNAForPretraining, out: Path
     :func:`mergedna.runs.check_checkpoint`) or another model config is refused."""
     ckpt = latest_checkpoint(out) if cfg.resume else None
     if cfg.resume and ckpt is None and info.is_main:
-        print(f"--resume: no checkpoint under {out}/checkpoints, starting from scratch")
+        tqdm.write(f"--resume: no checkpoint under {out}/checkpoints, starting from scratch", file=sys.stderr)
     if ckpt is None:
         return None, None
     model_state, optim_state, state = load_checkpoint(ckpt)
