@@ -213,3 +213,13 @@ def test_train_step_is_the_loops_step_and_its_micro_steps_are_seeded_by_index(tm
     assert float(result.loss) == float(expected)
     pretrain(small_run(tmp_path / "loop", grad_accum=2, steps=1, bf16=False))
     assert train_rows(tmp_path / "loop")[1]["loss"] == float(result.loss)
+
+
+def test_time_limit_stops_after_the_step_with_a_checkpoint_and_validation(tmp_path):
+    out = tmp_path / "timed"
+    summary = pretrain(small_run(out, steps=50, time_limit=1e-9, val_every=100, ckpt_every=100))
+    assert summary["steps_done"] == 1 and summary["stopped_by"] == "time limit of 1e-09 min"
+    assert [p.name for p in checkpoint_dirs(out)] == ["step-00000001"]
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["split"], r["step"]) for r in rows] == [("train", 1), ("val", 1)]
+    assert (out / "model" / "model.safetensors").is_file()
