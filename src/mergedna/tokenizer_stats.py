@@ -39,6 +39,7 @@ import torch.nn.functional as F
 
 from .merging import (Tokens, adjacent_merge_plan, apply_merge, compose_assign, fixed_span_plan, merge_budget,
                       target_lengths)
+from .seqio import pad_batch
 from .vocab import NUM_BASES, PAD
 
 BASELINES = ("untrained", "run_length", "fixed2")
@@ -191,6 +192,14 @@ def flat_row(summary: dict[str, dict], prefix: str = "tok") -> dict[str, float]:
 
 
 @torch.no_grad()
+def window_batches(pieces: list, window: int, batch_size: int):
+    """Non-overlapping windows of ``window`` bases of each id array (as ``mergedna segment`` cuts them, the
+    last one shorter; windows under 2 bases dropped), as PAD-padded (B, N) batches."""
+    windows = [p[s : s + window] for p in pieces for s in range(0, len(p), window) if len(p[s : s + window]) >= 2]
+    for k in range(0, len(windows), batch_size):
+        yield pad_batch(windows[k : k + batch_size])[0]  # (B, N)
+
+
 def diagnose_batches(local_encoder, batches: Iterable[torch.Tensor], ratio, reference=None,
                      reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, dict]:
     """Tokenize each (B, N) PAD-padded batch with ``local_encoder`` (a LocalEncoder, called as

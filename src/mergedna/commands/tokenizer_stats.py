@@ -7,27 +7,29 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
 import torch
 
-from .cli_args import add_model_source
-from .config import preset as preset_config
-from .embed import load_encoder
-from .precision import PRECISIONS, autocast
-from .provenance import run_metadata, write_json_atomic
-from .segment import iter_regions
-from .seqio import pad_batch
-from .tokenizer_stats import diagnose_batches, reference_seed, untrained_encoder
+from ..precision import autocast
+from ..provenance import run_metadata, write_json_atomic
+from ..segment import iter_regions
+from ..tokenizer_stats import diagnose_batches, reference_seed, untrained_encoder, window_batches
+from ._common import add_fasta_regions, add_precision, encoder_from_args
 
 LABELS = {"model": "model", "untrained": "untrained (same seed)", "run_length": "run-length, same budget",
           "fixed2": "fixed spans of 2"}
 
 
-def window_batches(pieces: list[np.ndarray], window: int, batch_size: int):
-    """Non-overlapping windows of ``window`` bases of each id array, as PAD-padded (B, N) batches."""
-    windows = [p[s : s + window] for p in pieces for s in range(0, len(p), window) if len(p[s : s + window]) >= 2]
-    for k in range(0, len(windows), batch_size):
-        yield pad_batch(windows[k : k + batch_size])[0]  # (B, N)
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("tokenizer-stats", help="token boundary diagnostics of a checkpoint on FASTA, beside "
+                                                      "the untrained, run-length and fixed-span tokenizers")
+    add_fasta_regions(p, batch_default=8)
+    p.add_argument("--reference-seed", type=int, help="init seed of the untrained reference (default: the run's "
+                                                      "seed from run_config.json beside the checkpoint, else 0)")
+    p.add_argument("--window", type=int, help="bases per window (default the model's max_length)")
+    add_precision(p, "fp32", "exact counts, comparable across machines")
+    p.add_argument("--out", required=True, help="JSON file to write")
+    p.set_defaults(func=run)
+    return p
 
 
 def format_table(summary: dict) -> list[str]:
@@ -41,13 +43,10 @@ def format_table(summary: dict) -> list[str]:
     return lines
 
 
-def cmd_tokenizer_stats(args) -> int:
-    overrides = {"merge_ratio": args.merge_ratio} if args.merge_ratio is not None else {}
-    if args.model:
-        encoder = load_encoder(args.model, **overrides)
-    else:
-        encoder = untrained_encoder(preset_config(args.preset, **overrides), args.seed)
-        print(f"note: preset {args.preset!r} with random weights (seed {args.seed}): the model is itself untrained")
+def run(args) -> int:
+    encoder, note = encoder_from_args(args, "the model is itself untrained")
+    if note:
+        print(note)
     cfg = encoder.config
     seed, seed_from = reference_seed(args.model, args.reference_seed if args.model else args.seed)
     reference = untrained_encoder(cfg, seed)
@@ -71,21 +70,3 @@ def cmd_tokenizer_stats(args) -> int:
     write_json_atomic(args.out, result)
     print(f"wrote {args.out}")
     return 0
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Register ``mergedna tokenizer-stats``."""
-    p = subparsers.add_parser("tokenizer-stats", help="token boundary diagnostics of a checkpoint on FASTA, beside "
-                                                      "the untrained, run-length and fixed-span tokenizers")
-    add_model_source(p, model_help="checkpoint directory", preset_help="random weights (plumbing checks only)")
-    p.add_argument("--reference-seed", type=int, help="init seed of the untrained reference (default: the run's "
-                                                      "seed from run_config.json beside the checkpoint, else 0)")
-    p.add_argument("--fasta", required=True, help="FASTA file (plain or gzip)")
-    p.add_argument("--region", action="append", help="RECORD or RECORD:START-END (1-based, inclusive); repeatable")
-    p.add_argument("--merge-ratio", type=float, help="override the model's merge_ratio (L/N)")
-    p.add_argument("--window", type=int, help="bases per window (default the model's max_length)")
-    p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="autocast precision (default fp32)")
-    p.add_argument("--out", required=True, help="JSON file to write")
-    p.set_defaults(func=cmd_tokenizer_stats)
-    return p
