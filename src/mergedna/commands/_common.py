@@ -35,7 +35,7 @@ def signature_defaults(func) -> dict:
 
 def add_precision(p: argparse.ArgumentParser, default: str, why: str = "") -> None:
     """The one precision flag of every command that runs a model: ``--precision {auto,bf16,fp32}``."""
-    if default not in PRECISIONS:
+    if default not in (*PRECISIONS, argparse.SUPPRESS):
         raise ValueError(f"precision default must be one of {PRECISIONS}, got {default!r}")
     p.add_argument("--precision", choices=PRECISIONS, default=default,
                    help=PRECISION_HELP + (f"; {why}" if why else ""))

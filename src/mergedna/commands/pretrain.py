@@ -38,9 +38,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def add_options(p: argparse.ArgumentParser) -> None:
+def add_options(p: argparse.ArgumentParser, defaults: bool = True) -> None:
+    """The options of ``pretrain``; ``defaults=False`` leaves every default out (see :func:`given_options`)."""
     def a(flag, help=None, dest=None, src=TRAIN, **kw):
         dest = dest or flag.lstrip("-").replace("-", "_")
+        if not defaults:
+            kw["default"] = argparse.SUPPRESS
         if "default" not in kw:
             kw["default"] = src[dest]
             if kw["default"] is not None and not isinstance(kw["default"], bool) or not help:
@@ -70,7 +73,7 @@ def add_options(p: argparse.ArgumentParser) -> None:
     a("--min-lr-ratio", "cosine floor as a fraction of --lr", type=float)
     a("--weight-decay", "AdamW weight decay (paper 1e-8)", type=float)
     a("--clip", "gradient-norm clip", type=float)
-    add_precision(p, PRECISION[TRAIN["bf16"]])
+    add_precision(p, PRECISION[TRAIN["bf16"]] if defaults else argparse.SUPPRESS)
     a("--compile", "torch.compile the transformer blocks", action="store_true")
     a("--activation-checkpointing", "recompute block activations during backward: much less memory for ~1/3 more "
       "compute (None: on exactly when the estimate printed at start-up does not fit the device)",
@@ -124,13 +127,14 @@ def given_options(args) -> dict:
     the model overrides apply only when given. Read by parsing the command's own words again with
     every default suppressed (``args.argv``, set by :func:`mergedna.commands.main`); without them,
     the options whose value differs from the default."""
-    q = argparse.ArgumentParser(add_help=False)
-    add_options(q)
-    defaults = vars(q.parse_args([]))
     argv = getattr(args, "argv", None)
     if argv is None:
+        q = argparse.ArgumentParser(add_help=False)
+        add_options(q)
+        defaults = vars(q.parse_args([]))
         return {k: v for k, v in vars(args).items() if k in defaults and v != defaults[k]}
-    q.set_defaults(**{k: argparse.SUPPRESS for k in defaults})
+    q = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    add_options(q, defaults=False)
     return vars(q.parse_args(argv[argv.index(args.command) + 1:]))
 
 
