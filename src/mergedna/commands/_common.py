@@ -33,6 +33,20 @@ def signature_defaults(func) -> dict:
             if p.default is not inspect.Parameter.empty}
 
 
+def add_option(p, flag: str, defaults: dict | None, help: str | None = None, dest: str | None = None, **kw):
+    """``p.add_argument(flag, ...)`` with the default ``defaults[dest]`` (a dataclass field's or a parameter's;
+    ``dest`` from the flag unless given), shown in the help by ``%(default)s`` unless it is None or a
+    switch's. ``defaults=None``: no default at all (``argparse.SUPPRESS``), to tell which options were given."""
+    dest = dest or flag.lstrip("-").replace("-", "_")
+    if defaults is None:
+        kw["default"] = argparse.SUPPRESS
+    elif "default" not in kw:
+        kw["default"] = defaults[dest]
+        if kw["default"] is not None and not isinstance(kw["default"], bool) or not help:
+            help = f"{help} (default: %(default)s)" if help else "(default: %(default)s)"
+    return p.add_argument(flag, dest=dest, help=help, **kw)
+
+
 def add_precision(p: argparse.ArgumentParser, default: str, why: str = "") -> None:
     """The one precision flag of every command that runs a model: ``--precision {auto,bf16,fp32}``."""
     if default not in (*PRECISIONS, argparse.SUPPRESS):

@@ -11,7 +11,7 @@ from ..config import POOLINGS, PRESETS
 from ..data.task_batching import LENGTH_POLICIES
 from ..data.tasks import LAYOUTS
 from ..finetune import DEFAULT_LR, FLATTEN_MAX_LENGTH, METRICS, SWEEP_LRS, FinetuneSettings, finetune
-from ._common import add_merge_ratio, add_precision, command_line, field_defaults
+from ._common import add_merge_ratio, add_option, add_precision, command_line, field_defaults
 
 SETTINGS = field_defaults(FinetuneSettings)
 
@@ -47,11 +47,7 @@ def add_training_arguments(p: argparse.ArgumentParser, source_required: bool = T
     src.add_argument("--preset", choices=sorted(PRESETS), help="random initialisation (the from-scratch baseline)")
 
     def a(flag, help=None, **kw):
-        dest = flag.lstrip("-").replace("-", "_")
-        default = SETTINGS[dest]
-        if default is not None and not isinstance(default, bool) or help is None:
-            help = f"{help} (default: %(default)s)" if help else "(default: %(default)s)"
-        p.add_argument(flag, default=default, help=help, **kw)
+        add_option(p, flag, SETTINGS, help, **kw)
 
     a("--lora-rank", "LoRA rank; 0 = full fine-tuning", type=int)
     a("--lora-alpha", "LoRA alpha (None: 2 x rank)", type=float)

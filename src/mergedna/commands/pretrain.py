@@ -12,7 +12,7 @@ from pathlib import Path
 from ..config import PRESETS
 from ..objectives import ObjectiveConfig
 from ..training.trainer import TrainConfig
-from ._common import add_precision, field_defaults
+from ._common import add_option, add_precision, field_defaults
 
 TRAIN = field_defaults(TrainConfig)
 OBJECTIVE = field_defaults(ObjectiveConfig)
@@ -40,15 +40,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def add_options(p: argparse.ArgumentParser, defaults: bool = True) -> None:
     """The options of ``pretrain``; ``defaults=False`` leaves every default out (see :func:`given_options`)."""
-    def a(flag, help=None, dest=None, src=TRAIN, **kw):
-        dest = dest or flag.lstrip("-").replace("-", "_")
-        if not defaults:
-            kw["default"] = argparse.SUPPRESS
-        if "default" not in kw:
-            kw["default"] = src[dest]
-            if kw["default"] is not None and not isinstance(kw["default"], bool) or not help:
-                help = f"{help} (default: %(default)s)" if help else "(default: %(default)s)"
-        return target.add_argument(flag, dest=dest, help=help, **kw)
+    def a(flag, help=None, src=TRAIN, **kw):
+        return add_option(target, flag, src if defaults else None, help, **kw)
 
     target = p
     a("--fasta", "FASTA files (plain, .gz or bgzip), many records each", nargs="+")
