@@ -2,6 +2,8 @@
 
     python benchmarks/ab_commits.py --before 544c911 --label "heads-first attention"
     python benchmarks/ab_commits.py --before HEAD~1 --after HEAD --presets small base --modes train inference
+    python benchmarks/ab_commits.py --before 22bd609 --label "fine-tuning" --modes ft_train ft_eval \
+        --length 100 --batch 32 --threads 1
 
 Each version is checked out into a temporary ``git worktree`` (``--after`` defaults to the working
 tree as it is, uncommitted edits included). The workload code is this checkout's
@@ -31,19 +33,25 @@ CHILD = """
 import json, statistics, sys, time, torch
 sys.path.insert(0, {bench!r})
 torch.set_num_threads({threads})
-from suite import base_windows, mergedna_workloads
+import suite
+from suite import base_windows, finetune_workloads, mergedna_workloads
 import mergedna
 assert mergedna.__file__.startswith({src!r}), mergedna.__file__
 ids, _ = base_windows(None, {length}, {batch})
-workloads, info = mergedna_workloads({preset!r}, ids)
-key = "mergedna_{preset}_{mode}"
-fn = workloads[key]
+if {mode!r}.startswith("ft_"):  # fine-tuning step / evaluation, each version at its own default precision
+    key = "ft_mergedna_{preset}_" + {mode!r}[3:] + ("_compiled" if {compile} else "")
+    fn, info = finetune_workloads({preset!r}, ids, compile={compile})[key], {{key: {{"flops": None}}}}
+else:
+    workloads, info = mergedna_workloads({preset!r}, ids)
+    key = "mergedna_{preset}_{mode}"
+    fn = workloads[key]
 for _ in range({warmup}):
     fn()
 times = []
 for _ in range({steps}):
     t0 = time.perf_counter(); fn(); times.append(time.perf_counter() - t0)
-print(json.dumps({{"seconds": statistics.median(times), "times": times, "flops": info[key]["flops"]}}))
+print(json.dumps({{"seconds": statistics.median(times), "times": times, "flops": info[key]["flops"],
+                  "precision": suite.PRECISION}}))
 """
 
 
@@ -51,9 +59,10 @@ def git(*args: str, cwd: Path = ROOT) -> str:
     return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
 
 
-def measure(src: Path, args, preset: str, mode: str) -> dict:
+def measure(src: Path, args, preset: str, mode: str, compile: bool = False) -> dict:
     code = CHILD.format(bench=str(ROOT / "benchmarks"), src=str(src), threads=args.threads, length=args.length,
-                        batch=args.batch, preset=preset, mode=mode, warmup=args.warmup, steps=args.steps)
+                        batch=args.batch, preset=preset, mode=mode, warmup=args.warmup, steps=args.steps,
+                        compile=compile)
     env = {**os.environ, "PYTHONPATH": str(src)}
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     if res.returncode != 0:
@@ -64,12 +73,14 @@ def measure(src: Path, args, preset: str, mode: str) -> dict:
 def markdown(rows: list[dict]) -> str:
     lines = ["# Optimisations, before and after", "",
              "Each row: `benchmarks/ab_commits.py`, the two versions measured alternately in fresh subprocesses "
-             "on the same machine in one run; speed-up = median over rounds of after / before bp/s (bf16 autocast).",
+             "on the same machine in one run; speed-up = median over rounds of after / before bp/s; precision = what "
+             "each version's default resolved to (rows before it was recorded: bf16 autocast).",
              "", "| optimisation | preset | mode | N × batch | before bp/s | after bp/s | speed-up | rounds | "
-             "before → after | date | machine |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "precision | before → after | date | machine |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['label']} | {r['preset']} | {r['mode']} | {r['length']} × {r['batch']} | "
                      f"{r['before_bp_per_s']:,.0f} | {r['after_bp_per_s']:,.0f} | {r['speedup']:.3f} | {r['rounds']} | "
+                     f"{r.get('before_precision', 'bf16')} → {r.get('after_precision', 'bf16')} | "
                      f"`{r['before'][:9]}` → `{r['after'][:9]}` | {r['date'][:10]} | "
                      f"{r['machine']}, {r['threads']} threads |")
     return "\n".join(lines) + "\n"
@@ -81,7 +92,11 @@ def main(argv=None) -> None:
     p.add_argument("--after", default=None, help="git revision of the 'after' code (default: the working tree)")
     p.add_argument("--label", required=True, help="what changed, for the results table")
     p.add_argument("--presets", nargs="+", default=["small"])
-    p.add_argument("--modes", nargs="+", choices=("train", "inference"), default=["train"])
+    p.add_argument("--modes", nargs="+", choices=("train", "inference", "ft_train", "ft_eval"), default=["train"],
+                   help="pretraining step / inference, or the fine-tuning step / evaluation of a classifier "
+                        "(ft_*: each version with its own default head and precision)")
+    p.add_argument("--after-compile", action="store_true",
+                   help="ft_* modes: the 'after' classifier's blocks under torch.compile (finetune --compile)")
     p.add_argument("--length", type=int, default=4096)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--warmup", type=int, default=1)
@@ -111,14 +126,19 @@ def main(argv=None) -> None:
                     runs = {"before": [], "after": []}
                     for i in range(args.rounds):
                         for side in (("before", "after") if i % 2 == 0 else ("after", "before")):
-                            runs[side].append(measure(trees[side][0], args, preset, mode))
+                            runs[side].append(measure(trees[side][0], args, preset, mode,
+                                                      compile=side == "after" and args.after_compile))
                     bp = {s: [args.batch * args.length / r["seconds"] for r in runs[s]] for s in runs}
-                    row = {"label": args.label, "preset": preset, "mode": mode, "length": args.length,
+                    row = {"label": args.label, "preset": preset, "mode": mode + ("+compile" if args.after_compile
+                                                                                    else ""),
+                           "length": args.length,
                            "batch": args.batch, "rounds": args.rounds, "threads": args.threads,
                            "before": trees["before"][1], "after": trees["after"][1],
                            "before_bp_per_s": statistics.median(bp["before"]),
                            "after_bp_per_s": statistics.median(bp["after"]),
                            "speedup": statistics.median(a / b for a, b in zip(bp["after"], bp["before"])),
+                           "before_precision": runs["before"][0].get("precision"),
+                           "after_precision": runs["after"][0].get("precision"),
                            "before_runs": runs["before"], "after_runs": runs["after"],
                            "date": meta["date"], "machine": meta["machine"]["cpu"], "command": meta["command"],
                            "torch": meta["machine"]["torch"]}

@@ -338,19 +338,36 @@ def throughput(args, genome: Genome | None, sections: set[str]) -> list[dict]:
 
 
 # ---------------------------------------------------------------- fine-tuning on short sequences (issue 14)
-def finetune_workloads(preset_name: str, ids: torch.Tensor) -> dict:
+def finetune_workloads(preset_name: str, ids: torch.Tensor, compile: bool = False) -> dict:
     """Training step (forward + backward + clip + AdamW, the groups and optimiser of
-    ``mergedna.finetune.fit``) and evaluation (no_grad forward) of a 2-class sequence classifier."""
-    from mergedna.finetune import FLATTEN_MAX_LENGTH, FinetuneSettings
+    ``mergedna.finetune.fit``) and evaluation (no_grad forward) of a 2-class sequence classifier with
+    the fine-tuning default head; ``compile``: its blocks under ``torch.compile`` (``finetune --compile``).
+    Also runs against an older ``mergedna`` (``benchmarks/ab_commits.py``): before position-aware heads
+    its only head was the mean pool, and its optimiser lived in the trainer."""
     from mergedna.heads import MergeDNAForSequenceClassification
-    from mergedna.training.optim import adamw, param_groups
+
+    try:
+        from mergedna.finetune import FLATTEN_MAX_LENGTH, FinetuneSettings
+        pooling = FinetuneSettings().pooling or "mean"
+        if pooling == "auto":  # what fine-tuning picks for a task of fixed-length windows
+            pooling = "flatten" if ids.shape[1] <= FLATTEN_MAX_LENGTH else "cls"
+        head = dict(pooling=pooling, cls_token=pooling == "cls", pool_length=ids.shape[1])
+    except ImportError:
+        head = {}
+    try:
+        from mergedna.training.optim import adamw, param_groups
+    except ImportError:  # the old fine-tuning loop: matrices decay, vectors do not
+        from mergedna.training.trainer import adamw
+
+        def param_groups(named, decay):
+            named = list(named)
+            return [{"params": [p for _, p in named if p.ndim >= 2], "weight_decay": decay},
+                    {"params": [p for _, p in named if p.ndim < 2], "weight_decay": 0.0}]
 
     torch.manual_seed(0)
-    pooling = FinetuneSettings().pooling or "mean"
-    if pooling == "auto":  # what fine-tuning picks for a task of fixed-length windows
-        pooling = "flatten" if ids.shape[1] <= FLATTEN_MAX_LENGTH else "cls"
-    model = MergeDNAForSequenceClassification(make_preset(preset_name, num_labels=2, pooling=pooling,
-                                                          cls_token=pooling == "cls", pool_length=ids.shape[1]))
+    model = MergeDNAForSequenceClassification(make_preset(preset_name, num_labels=2, **head))
+    if compile:
+        apply_block_options(model, compile=True)
     opt = adamw(param_groups(model.named_parameters(), 0.01), lr=1e-4)
     labels = torch.arange(len(ids)) % 2
 
@@ -366,7 +383,8 @@ def finetune_workloads(preset_name: str, ids: torch.Tensor) -> dict:
         with torch.no_grad(), autocast():
             model(ids)
 
-    return {f"ft_mergedna_{preset_name}_train": train, f"ft_mergedna_{preset_name}_eval": evaluate}
+    tag = "_compiled" if compile else ""
+    return {f"ft_mergedna_{preset_name}_train{tag}": train, f"ft_mergedna_{preset_name}_eval{tag}": evaluate}
 
 
 def cnn_workloads(ids: torch.Tensor) -> dict:
@@ -403,16 +421,19 @@ def finetune_rows(args, genome: Genome | None) -> list[dict]:
         workloads = {}
         for name in args.ft_presets:
             workloads.update(finetune_workloads(name, ids))
+            if args.compile:
+                workloads.update(finetune_workloads(name, ids, compile=True))
         workloads.update(cnn_workloads(ids))
         timed = interleaved(workloads, args.warmup, args.repeats)
         for key, t in timed.items():
             sec = statistics.median(t["times"])
-            parts = key.split("_")
+            parts = key.removesuffix("_compiled").split("_")
             row = {"key": f"{key}_{n}", "model": parts[1], "size": parts[2] if parts[1] == "mergedna" else "-",
-                   "mode": parts[-1], "length": n, "batch": args.ft_batch, "input": source, "seconds": sec,
+                   "mode": parts[-1], "compiled": key.endswith("_compiled"), "length": n, "batch": args.ft_batch, "input": source, "seconds": sec,
                    "times": t["times"], "seq_per_s": args.ft_batch / sec, "bp_per_s": args.ft_batch * n / sec}
             rows.append(row)
-            print(f"fine-tune {row['model']:<9} {row['size']:<6} {row['mode']:<5} N={n:<4} "
+            print(f"fine-tune {row['model']:<9} {row['size']:<6} {row['mode']:<5} "
+                  f"{'compiled ' if row['compiled'] else ''}N={n:<4} "
                   f"{row['seq_per_s']:>9,.1f} seq/s {row['bp_per_s']:>11,.0f} bp/s", flush=True)
     return rows
 
@@ -662,7 +683,8 @@ def markdown(res: dict) -> str:
                   "the fine-tuning default head); eval = no_grad forward. CNN = the Genomic Benchmarks baseline.",
                   "", "| model | size | mode | N | sequences/s | bp/s |", "|---|---|---|---|---|---|"]
         for r in res["finetune"]:
-            lines.append(f"| {r['model']} | {r['size']} | {r['mode']} | {r['length']} | {r['seq_per_s']:,.1f} | "
+            model = r["model"] + (" (compiled)" if r.get("compiled") else "")
+            lines.append(f"| {model} | {r['size']} | {r['mode']} | {r['length']} | {r['seq_per_s']:,.1f} | "
                          f"{r['bp_per_s']:,.0f} |")
         lines.append("")
     lines += ["## Targets", "", "| target | value | ratio to threshold | status |", "|---|---|---|---|"]

@@ -299,3 +299,16 @@ def test_auto_head_flattens_fixed_length_tasks_else_cls(tmp_path):
     assert finetune_mod.default_pooling(ragged) == "cls"
     mean = finetune(SPLICE3, None, preset="tiny", pooling="mean", **QUICK)
     assert mean["model"]["config"]["pooling"] == "mean" and not mean["model"]["config"]["cls_token"]
+
+
+def test_compile_setting_compiles_every_block_of_the_classifier(tmp_path, monkeypatch):
+    compiled = []
+    monkeypatch.setattr(finetune_mod, "apply_block_options",
+                        lambda net, compile=False: compiled.append((net, compile)))  # wiring only: no 40 s compile
+    finetune(SPLICE3, tmp_path / "c", preset="tiny", max_steps=1, batch_size=4, compile=True, progress=False)
+    assert len(compiled) == 1 and compiled[0][1] is True
+    assert isinstance(compiled[0][0], MergeDNAForSequenceClassification)
+    saved = json.loads((tmp_path / "c" / "metrics.json").read_text())
+    assert saved["settings"]["compile"] is True
+    finetune(SPLICE3, tmp_path / "n", preset="tiny", max_steps=1, batch_size=4, progress=False)
+    assert len(compiled) == 1  # off by default

@@ -8,19 +8,21 @@ import torch
 from mergedna import precision as P
 
 
-@pytest.mark.parametrize("native", [True, False])
-def test_auto_follows_the_hardware_and_explicit_choices_win(monkeypatch, native):
+@pytest.mark.parametrize("native, speedup", [(True, 2.5), (True, 0.5), (False, 0.0)])
+def test_auto_follows_the_measured_speed_and_explicit_choices_win(monkeypatch, native, speedup):
     monkeypatch.setattr(P, "bf16_is_native", lambda device_type="cpu": native)
+    monkeypatch.setattr(P, "bf16_speedup", lambda device_type="cpu": speedup)
     P._warn_slow_bf16.cache_clear()
-    assert P.resolve("auto") == P.resolve(None) == ("bf16" if native else "fp32")
+    pays = native and speedup >= P.MIN_SPEEDUP  # native but slower (a virtualised AVX512-BF16 Xeon): fp32
+    assert P.resolve("auto") == P.resolve(None) == ("bf16" if pays else "fp32")
     assert P.resolve("fp32") == P.resolve(False) == "fp32"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert P.resolve("bf16") == P.resolve(True) == "bf16"
     assert any("far slower than fp32" in str(w.message) for w in caught) == (not native)
     with P.autocast("auto"):
-        assert torch.is_autocast_enabled("cpu") == native
-        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == (torch.bfloat16 if native else torch.float32)
+        assert torch.is_autocast_enabled("cpu") == pays
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == (torch.bfloat16 if pays else torch.float32)
     with P.autocast("fp32"):
         assert not torch.is_autocast_enabled("cpu")
 
@@ -36,3 +38,16 @@ def test_native_detection_matches_the_cpu_flags():
         pytest.skip("no /proc/cpuinfo")
     expected = " amx_tile" in flags or " avx512_bf16" in flags
     assert P.bf16_is_native("cpu") == expected
+
+
+def test_the_probe_measures_bf16_against_fp32():
+    P.bf16_speedup.cache_clear()
+    try:
+        ratio = P.bf16_speedup("cpu")
+    finally:
+        P.bf16_speedup.cache_clear()
+    if not P.bf16_is_native("cpu"):
+        assert ratio == 0.0  # not probed: a non-native bf16 GEMM would take seconds
+    else:
+        assert 0.0 < ratio < 100.0
+    assert P.bf16_pays("cpu") == (ratio >= P.MIN_SPEEDUP)

@@ -59,6 +59,7 @@ from .provenance import run_metadata
 from .runs import claim_run_dir
 from .seqio import atomic_path, write_json_atomic
 from .training.optim import adamw, lr_factor, param_groups
+from .training.trainer import apply_block_options
 
 METRICS = ("mcc", "accuracy", "f1", "auroc")
 # every Local and Latent Encoder block's attention and SwiGLU linears (not the grouping projections)
@@ -97,7 +98,8 @@ class FinetuneSettings:
     patience: int | None = 3
     select_metric: str = "mcc"
     clip: float = 1.0
-    precision: str = "auto"  # bf16 autocast where native (mergedna.precision), else fp32
+    precision: str = "auto"  # bf16 autocast where it is measured faster (mergedna.precision), else fp32
+    compile: bool = False  # torch.compile each transformer block: ~1.25x on short sequences, ~40 s to compile
     lora_rank: int = 0
     lora_alpha: float | None = None
     lora_dropout: float = 0.05
@@ -386,6 +388,8 @@ def train_selected_on_dev(task: Task, splits: dict[str, LabelledSplit], model, p
     classifier, source = build_model(task, model, preset, settings, splits["train"])
     net = apply_lora(classifier, settings.lora_rank, settings.lora_alpha, settings.lora_dropout) \
         if settings.lora_rank > 0 else classifier
+    if settings.compile:  # in place: parameter names and the saved checkpoint are unchanged
+        apply_block_options(net, compile=True)
     eval_bs = settings.eval_batch_size or 2 * settings.batch_size
     train_loader = make_dataloader(splits["train"], settings.batch_size, classifier.config.max_length,
                                    settings.length_policy, shuffle=True, seed=seed)

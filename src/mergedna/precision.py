@@ -1,23 +1,32 @@
-"""Mixed precision: bf16 autocast where the hardware multiplies bf16 natively, fp32 elsewhere.
+"""Mixed precision: bf16 autocast where the hardware multiplies bf16 faster than fp32, fp32 elsewhere.
 
 bf16 autocast is the default for training and inference, and on a CPU with AMX or AVX512-BF16
 (or a CUDA GPU with bf16) it is several times faster than fp32. On a CPU without either (AVX2-only
 x86, for example) PyTorch falls back to a scalar bf16 GEMM that is *hundreds* of times slower than
 fp32; measured on a 2-core AVX2 EPYC: 0.9 GFLOP/s in bf16 against 152 in fp32
-(``benchmarks/results/avx2_bf16_peak/suite.md``). So the default
-precision is ``"auto"``: bf16 where it is native, fp32 otherwise; ``"bf16"`` forces autocast anyway
-(with a warning where it is slow), ``"fp32"`` turns it off.
+(``benchmarks/results/avx2_bf16_peak/suite.md``).
+
+Native is not enough either. On a virtualised Intel Xeon that reports AVX512-BF16 (no AMX), this
+PyTorch build multiplies bf16 at *half* the fp32 rate (86 against 165 GFLOP/s on one thread), and
+the casts autocast adds make a fine-tuning step of ``small`` 1.6x slower than fp32
+(``results/finetune_speed``). So on a CPU, ``"auto"`` measures: bf16 only where the flags say
+native *and* a short matmul probe (:func:`bf16_speedup`, ~30 ms once per process) finds bf16 at
+least :data:`MIN_SPEEDUP` times faster than fp32; CUDA with bf16 support is trusted as is.
+``"bf16"`` forces autocast anyway (with a warning where it is not native), ``"fp32"`` turns it off.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import time
 import warnings
 
 import torch
 
 PRECISIONS = ("auto", "bf16", "fp32")
+MIN_SPEEDUP = 1.2  # bf16 must beat fp32 by this much on the probe: autocast's casts cost the rest
+PROBE_SHAPE = (1024, 256, 1024)  # (m, k, n): a block projection of a short-sequence batch
 
 
 @functools.lru_cache(maxsize=None)
@@ -30,6 +39,34 @@ def bf16_is_native(device_type: str = "cpu") -> bool:
     return False
 
 
+@functools.lru_cache(maxsize=None)
+def bf16_speedup(device_type: str = "cpu") -> float:
+    """Measured bf16 / fp32 matmul throughput on ``device_type`` at :data:`PROBE_SHAPE`, best of 3 each,
+    once per process (0.0 where bf16 is not native: the probe would take seconds). CUDA: not probed (inf)."""
+    if not bf16_is_native(device_type):
+        return 0.0
+    if device_type != "cpu":
+        return float("inf")
+    m, k, n = PROBE_SHAPE
+    gen = torch.Generator().manual_seed(0)
+    best = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        a, b = torch.randn(m, k, generator=gen).to(dtype), torch.randn(k, n, generator=gen).to(dtype)
+        a @ b  # warm-up: kernel selection
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            a @ b
+            times.append(time.perf_counter() - t0)
+        best[dtype] = min(times)
+    return best[torch.float32] / max(best[torch.bfloat16], 1e-9)
+
+
+def bf16_pays(device_type: str = "cpu") -> bool:
+    """Whether bf16 autocast is the faster choice on ``device_type`` (what ``"auto"`` picks)."""
+    return bf16_speedup(device_type) >= MIN_SPEEDUP
+
+
 def resolve(precision: str | bool | None, device: str | torch.device = "cpu") -> str:
     """``"bf16"`` or ``"fp32"`` for a requested ``precision``: "auto"/None, "bf16"/True, "fp32"/False."""
     if precision is None or precision is True or precision is False:
@@ -38,7 +75,7 @@ def resolve(precision: str | bool | None, device: str | torch.device = "cpu") ->
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     device_type = torch.device(device).type
     if precision == "auto":
-        return "bf16" if bf16_is_native(device_type) else "fp32"
+        return "bf16" if bf16_pays(device_type) else "fp32"
     if precision == "bf16" and not bf16_is_native(device_type):
         _warn_slow_bf16(device_type)
     return precision

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .precision import bf16_is_native
+from .precision import bf16_is_native, bf16_speedup
 from .seqio import write_json_atomic, write_text_atomic  # noqa: F401  (kept importable from here)
 
 
@@ -51,4 +51,5 @@ def run_metadata(command: str | None = None) -> dict:
                         "host": platform.node(), "platform": platform.platform(),
                         "python": platform.python_version(), "torch": torch.__version__,
                         "cpu_bf16_native": bf16_is_native("cpu"),
+                        "cpu_bf16_speedup": round(bf16_speedup("cpu"), 2),
                         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}}
