@@ -67,6 +67,8 @@ def add_training_arguments(p: argparse.ArgumentParser, source_required: bool = T
     a("--select-metric", "dev metric for selection", choices=METRICS)
     a("--clip", "gradient-norm clip (0 = off)", type=float)
     add_precision(p, SETTINGS["precision"])
+    a("--compile", "torch.compile each transformer block (~1.25x on short sequences, ~40 s to compile)",
+      action="store_true")
     a("--length-policy", "sequences longer than the model's max_length: error, truncate (centre) or chunk",
       choices=LENGTH_POLICIES)
     a("--max-length", "override the model's max_length", type=int)
