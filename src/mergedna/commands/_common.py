@@ -12,8 +12,8 @@ import sys
 from ..config import PRESETS
 from ..precision import PRECISIONS
 
-PRECISION_HELP = ("autocast precision: auto (bf16 where the device multiplies bf16 natively, else fp32), bf16 "
-                  "or fp32 (default: %(default)s)")
+PRECISION_HELP = ("autocast precision: auto (bf16 where it runs faster than fp32 on this device, see "
+                  "mergedna.precision; else fp32), bf16 or fp32 (default: %(default)s)")
 
 
 def field_defaults(cls) -> dict:

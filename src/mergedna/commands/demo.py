@@ -50,8 +50,8 @@ def run(args) -> int:
     settings = DemoSettings(**{k: getattr(args, k) for k in DEFAULTS})
     print(f"MergeDNA demo -> {settings.out}/  (embedded data: {embedded('Ecoli_K12_MG1655.fasta.gz')}, "
           f"{embedded('splice.csv')})")
-    print("precision: bf16 autocast (this CPU multiplies bf16 natively)" if resolve("auto") == "bf16" else
-          "precision: fp32 (this CPU has no AMX/AVX512-BF16, where bf16 autocast would be far slower)")
+    print("precision: bf16 autocast (auto: bf16 runs faster than fp32 on this CPU)" if resolve("auto") == "bf16" else
+          "precision: fp32 (auto: bf16 autocast would not be faster on this CPU)")
     done = run_demo(settings, before, after)
     print("\n" + done["report"])
     print(f"Everything is in {settings.out}/: pretrain/ (model, metrics.jsonl, curves.png), finetune_pretrained/, "
