@@ -130,14 +130,14 @@ def _library_defaults():
     from mergedna.objectives import ObjectiveConfig
     from mergedna.segment import segment_fasta
     from mergedna.training.trainer import TrainConfig
-    from mergedna.variants import evaluate, score_variants
+    from mergedna.variants import evaluate_files, score_variants
 
     tuning = field_defaults(FinetuneSettings)
     return {"pretrain": {**field_defaults(TrainConfig), **field_defaults(ObjectiveConfig)},
             "finetune": tuning, "benchmark": {**tuning, **signature_defaults(run_benchmark)},
             "embed": signature_defaults(iter_embeddings), "segment": signature_defaults(segment_fasta),
             "score-variants": signature_defaults(score_variants),
-            "eval-variants": {("bootstrap" if k == "n_boot" else k): v for k, v in signature_defaults(evaluate).items()},
+            "eval-variants": {("bootstrap" if k == "n_boot" else k): v for k, v in signature_defaults(evaluate_files).items()},
             "demo": field_defaults(DemoSettings)}
 
 

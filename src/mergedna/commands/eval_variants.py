@@ -3,14 +3,10 @@ beside INFO predictors (:func:`mergedna.variants.evaluate`), as ``metrics.json``
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
-from ..provenance import run_metadata, write_json_atomic, write_text_atomic
-from ..variants import evaluate, markdown_table, read_scores
+from ..variants import evaluate_files, markdown_table, write_evaluation
 from ._common import command_line, signature_defaults
 
-DEFAULTS = signature_defaults(evaluate)
+DEFAULTS = signature_defaults(evaluate_files)
 
 
 def add_parser(subparsers) -> None:
@@ -47,41 +43,9 @@ def _group_as(items: list[str] | None) -> dict[str, list[str]] | None:
 
 
 def run(args) -> int:
-    names = args.names or [Path(p).stem for p in args.scores]
-    if len(names) != len(args.scores) or len(set(names)) != len(names):
-        raise ValueError("--names needs one distinct name per --scores file")
-    tables = {name: read_scores(path) for name, path in zip(names, args.scores)}
-    result = evaluate(tables, args.label, args.positive, args.predictors or [], args.group, _group_as(args.group_as),
-                      args.group_rest, args.bootstrap, args.seed)
-    runs = {}
-    for name, path in zip(names, args.scores):
-        side = Path(f"{path}.json")
-        runs[name] = json.loads(side.read_text()) if side.is_file() else None
-    result.update(scores={n: str(Path(p).resolve()) for n, p in zip(names, args.scores)}, score_runs=runs,
-                  meta=run_metadata(command_line()))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "metrics.json", result)
-    table = markdown_table(result)
-    m = result["meta"]
-    lines = [f"# Zero-shot variant effects: AUROC, {args.label} in {{{', '.join(args.positive)}}} vs the rest", "",
-             f"Score sources: the models' −LLR (lower log P(ALT) − log P(REF) = more damaging) and INFO "
-             f"predictors ({', '.join(args.predictors or []) or 'none'}). 95% intervals: stratified bootstrap, "
-             f"{args.bootstrap} resamples, seed {args.seed}. Column n = positives + negatives with a model score; "
-             f"INFO predictors leave out rows where they are missing.", "", table]
-    for name, run in runs.items():
-        if run:
-            s, rm = run["summary"], run["meta"]
-            src = run["model"].get("checkpoint") or f"preset {run['model']['preset']} random init, seed {run['model']['seed']}"
-            lines.append(f"- {name}: {src}; window {s['window']} ({s['context_bases']} bases), edge {s['edge']}, "
-                         f"mask {s.get('mask', 'token')}, "
-                         f"rc_average {s['rc_average']}, {s['precision']}; {s['scored']} SNVs, "
-                         f"{s['variants_per_s']:.1f} variants/s ({s['model_seconds']:.1f} s in the model, "
-                         f"{rm['machine']['torch_threads']} thread(s)); `{rm['command']}`; {rm['date']}, commit "
-                         f"{rm['git_commit']}{' (dirty)' if rm['git_dirty'] else ''}, {rm['machine']['cpu']}")
-    lines.append(f"- evaluation: `{m['command']}`; {m['date']}, commit {m['git_commit']}"
-                 f"{' (dirty)' if m['git_dirty'] else ''}, {m['machine']['cpu']}")
-    write_text_atomic(out / "results.md", "\n".join(lines) + "\n")
-    print(table, end="")
-    print(f"wrote {out / 'metrics.json'} and {out / 'results.md'}")
+    result = evaluate_files(args.scores, args.label, args.positive, args.names, args.predictors or [], args.group,
+                            _group_as(args.group_as), args.group_rest, args.bootstrap, args.seed, command_line())
+    written = write_evaluation(result, args.out)
+    print(markdown_table(result), end="")
+    print(f"wrote {written[0]} and {written[1]}")
     return 0
