@@ -7,12 +7,8 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
-from ..precision import autocast
 from ..provenance import run_metadata, write_json_atomic
-from ..segment import iter_regions
-from ..tokenizer_stats import diagnose_batches, reference_seed, untrained_encoder, window_batches
+from ..tokenizer_stats import diagnose_fasta, reference_seed, untrained_encoder
 from ._common import add_fasta_regions, add_precision, encoder_from_args
 
 LABELS = {"model": "model", "untrained": "untrained (same seed)", "run_length": "run-length, same budget",
@@ -47,26 +43,17 @@ def run(args) -> int:
     encoder, note = encoder_from_args(args, "the model is itself untrained")
     if note:
         print(note)
-    cfg = encoder.config
     seed, seed_from = reference_seed(args.model, args.reference_seed if args.model else args.seed)
-    reference = untrained_encoder(cfg, seed)
-    window = args.window or cfg.max_length
-    pieces, names = [], []
-    for name, start, ids in iter_regions(args.fasta, args.region):
-        pieces.append(ids)
-        names.append(f"{name}:{start + 1}-{start + len(ids)}")
-    with torch.no_grad(), autocast(args.precision):
-        summary = diagnose_batches(encoder.local_encoder, window_batches(pieces, window, args.batch_size),
-                                   cfg.merge_ratio, reference.local_encoder)
-    if not summary:
-        raise ValueError(f"{args.fasta}: no window of at least 2 bases in the selected records")
-    print(f"{', '.join(names)}: {sum(map(len, pieces))} bases in windows of {window}, merge_ratio {cfg.merge_ratio}, "
-          f"untrained reference seed {seed} ({seed_from})")
-    print("\n".join(format_table(summary)))
+    found = diagnose_fasta(encoder, untrained_encoder(encoder.config, seed), args.fasta, args.region, args.window,
+                           args.batch_size, args.precision)
+    print(f"{', '.join(found['regions'])}: {found['bases']} bases in windows of {found['window']}, merge_ratio "
+          f"{found['merge_ratio']}, untrained reference seed {seed} ({seed_from})")
+    print("\n".join(format_table(found["tokenizers"])))
     result = {"meta": run_metadata(), "model": args.model or f"preset {args.preset} (seed {args.seed})",
-              "fasta": str(args.fasta), "regions": names, "window": window, "merge_ratio": cfg.merge_ratio,
-              "precision": args.precision, "reference_seed": seed, "reference_seed_from": seed_from,
-              "definitions": "docs/tokenizer_diagnostics.md", "tokenizers": summary}
+              "fasta": str(args.fasta), "regions": found["regions"], "window": found["window"],
+              "merge_ratio": found["merge_ratio"], "precision": args.precision, "reference_seed": seed,
+              "reference_seed_from": seed_from, "definitions": "docs/tokenizer_diagnostics.md",
+              "tokenizers": found["tokenizers"]}
     write_json_atomic(args.out, result)
     print(f"wrote {args.out}")
     return 0
