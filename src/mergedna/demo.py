@@ -10,9 +10,9 @@ them) and the library call it makes:
    the pretrained checkpoint, then the same architecture from random initialisation with
    ``--baselines``: the Genomic Benchmarks CNN and a k-mer logistic regression trained on the
    same splits with the same seed (:mod:`mergedna.baselines`);
-3. a table of test accuracy, MCC and macro-F1 for all four, with their wall time, and a closing
-   text on what the numbers do and do not show;
-4. ``mergedna segment`` on a real E. coli region: the learned token boundaries and a PNG.
+3. ``mergedna segment`` on a real E. coli region: the learned token boundaries and a PNG;
+4. ``REPORT.md``: a table of test accuracy, MCC and macro-F1 for all four, with their wall time, and a
+   closing text on what the numbers do and do not show.
 """
 
 from __future__ import annotations
