@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from conftest import FIXTURES, REPO
+from mergedna_testing import FIXTURES, REPO
 
 SUITE = REPO / "benchmarks" / "suite.py"
 

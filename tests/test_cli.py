@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import FIXTURES
+from mergedna_testing import FIXTURES
 from mergedna.cli import main
 
 

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from conftest import FIXTURES, batch_from
+from mergedna_testing import FIXTURES, batch_from
 from mergedna.config import preset
 from mergedna.model import MergeDNAForPretraining
 from mergedna.objectives import MergeDNAPretrainer, ObjectiveConfig, step_generator

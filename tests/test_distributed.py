@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch.overrides import TorchFunctionMode
 
-from conftest import FIXTURES, batch_from
+from mergedna_testing import FIXTURES, batch_from
 
 FASTA = str(FIXTURES / "chr20_slice.fa")
 VAL = "20:59001-61000"
@@ -188,12 +188,11 @@ def _fsdp_parity_worker(rank, world, init_file, out_file, accumulate):
     from mergedna.model import MergeDNAForPretraining
     from mergedna.objectives import MergeDNAPretrainer, ObjectiveConfig, step_generator
     from mergedna.training.distributed import DistInfo, gradient_sync, wrap_model
-    from mergedna.vocab import encode
-    from conftest import read_fasta_simple
+    from mergedna_testing import chr20_ids
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.manual_seed(0)
-    chr20 = encode(read_fasta_simple(FIXTURES / "chr20_slice.fa")["20:30000001-30006000"])
+    chr20 = chr20_ids()
     model = MergeDNAForPretraining(preset("tiny"))
     names = [n for n, _ in model.named_parameters()]
     wrapped = wrap_model(MergeDNAPretrainer(model, ObjectiveConfig()), DistInfo(rank=rank, world_size=world), "fsdp")

@@ -14,7 +14,7 @@ from mergedna.embed import embed_file, embed_sequences, load_encoder
 from mergedna.merging import unmerge
 from mergedna.vocab import InvalidSequenceError, decode, encode, reverse_complement
 
-from conftest import FIXTURES, read_fasta_simple
+from mergedna_testing import FIXTURES, read_fasta_simple
 
 CHR20 = FIXTURES / "chr20_slice.fa"
 SPLICE = FIXTURES / "splice_sample.csv"

@@ -25,7 +25,7 @@ from mergedna.finetune import (FinetuneSettings, TaskSetupError, apply_lora, cla
 from mergedna.heads import MergeDNAForSequenceClassification
 from mergedna.precision import resolve
 
-from conftest import FIXTURES
+from mergedna_testing import FIXTURES
 
 GUE_FIX = FIXTURES / "tasks" / "gue"
 SPLICE3 = GUE_FIX / "splice3"

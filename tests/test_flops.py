@@ -14,7 +14,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from conftest import batch_from
+from mergedna_testing import batch_from
 from mergedna import flops
 from mergedna.config import preset
 from mergedna.model import MergeDNAForPretraining

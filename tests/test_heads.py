@@ -6,7 +6,7 @@ import torch
 from mergedna.config import preset
 from mergedna.heads import MergeDNAForSequenceClassification
 
-from conftest import batch_from
+from mergedna_testing import batch_from
 
 POOLINGS = ("mean", "cls", "attention", "flatten")
 pytestmark = pytest.mark.usefixtures("one_thread")

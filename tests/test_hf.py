@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import batch_from
+from mergedna_testing import batch_from
 from mergedna.config import preset
 from mergedna.model import MergeDNAForPretraining
 

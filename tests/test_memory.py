@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from conftest import FIXTURES, batch_from
+from mergedna_testing import FIXTURES, batch_from
 from mergedna.attention import Block, rotary_cos_sin
 from mergedna.config import preset
 from mergedna.model import MergeDNAForPretraining

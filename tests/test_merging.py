@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import batch_from
+from mergedna_testing import batch_from
 from mergedna.config import preset
 from mergedna.merging import (Tokens, adjacent_merge_plan, apply_merge, bipartite_merge_plan, compose_assign,
                               merge_budget, source_matrix, target_lengths, unmerge)

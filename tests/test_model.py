@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import batch_from
+from mergedna_testing import batch_from
 from mergedna.attention import key_bias, rotary_cos_sin
 from mergedna.config import PAPER_MODULE_PARAMS, preset
 from mergedna.heads import MergeDNAForSequenceClassification, MergeDNAForTokenClassification
@@ -237,7 +237,7 @@ def test_torch_compile_on_blocks(chr20):
 @pytest.mark.slow
 def test_small_forward_backward_on_real_chr20_windows_in_the_default_precision(tmp_path):
     """bf16 autocast where native (fp32 elsewhere: a forced bf16 step here takes minutes on AVX2)."""
-    from conftest import SHARED_DATA
+    from mergedna_testing import SHARED_DATA
     from mergedna.data.genome import Genome, GenomeSampler
 
     fasta = SHARED_DATA / "genomes" / "GRCh37_chr20.fa.gz"

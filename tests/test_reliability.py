@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import mergedna.finetune as finetune_mod
-from conftest import FIXTURES, REPO
+from mergedna_testing import FIXTURES, REPO
 from mergedna.cli import main
 from mergedna.config import preset
 from mergedna.data.genome import Genome, GenomeSampler

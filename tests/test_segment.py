@@ -14,7 +14,7 @@ from mergedna.embed import load_encoder
 from mergedna.segment import parse_region, read_annotation, record_regions
 from mergedna.vocab import encode
 
-from conftest import FIXTURES, read_fasta_simple
+from mergedna_testing import FIXTURES, read_fasta_simple
 
 CHR20 = FIXTURES / "chr20_slice.fa"
 BED = FIXTURES / "chr20_slice_exons.bed"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FIXTURES, REPO
+from mergedna_testing import FIXTURES, REPO
 from mergedna.seqio import iter_fasta
 from mergedna.token_regions import (CLASSES, N_CLASS, bootstrap_means, call_repeats, class_labels, class_sums,
                                     read_refseq_exons, region_classes)

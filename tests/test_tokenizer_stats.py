@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import mergedna.tokenizer_stats as ts
-from conftest import FIXTURES, read_fasta_simple
+from mergedna_testing import FIXTURES, read_fasta_simple
 from mergedna.cli import main
 from mergedna.config import preset
 from mergedna.model import MergeDNAForPretraining, MergeDNAModel

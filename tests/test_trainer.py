@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import FIXTURES, batch_from
+from mergedna_testing import FIXTURES, batch_from
 from mergedna.model import MergeDNAForPretraining
 from mergedna.objectives import MergeDNAPretrainer
 from mergedna.precision import resolve
@@ -128,12 +128,11 @@ def _ddp_worker(rank, world, init_file, out_file):
 
     from mergedna.config import preset
     from mergedna.objectives import ObjectiveConfig, step_generator
-    from mergedna.vocab import encode
-    from conftest import read_fasta_simple
+    from mergedna_testing import chr20_ids
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.manual_seed(0)
-    chr20 = encode(read_fasta_simple(FIXTURES / "chr20_slice.fa")["20:30000001-30006000"])
+    chr20 = chr20_ids()
     model = MergeDNAForPretraining(preset("tiny"))
     ddp = torch.nn.parallel.DistributedDataParallel(MergeDNAPretrainer(model, ObjectiveConfig()))
     ids = batch_from(chr20, [256, 256, 256, 256])[2 * rank:2 * rank + 2]
@@ -195,3 +194,32 @@ def test_optimizer_is_fused_adamw_with_the_parameter_groups():
     assert decay["weight_decay"] == 0.1 and rest["weight_decay"] == 0.0
     assert sum(p.numel() for g in (decay, rest) for p in g["params"]) == sum(p.numel() for p in model.parameters())
     assert model.mergedna.local_encoder.embed.weight in rest["params"]
+
+
+def test_train_step_is_the_loops_step_and_its_micro_steps_are_seeded_by_index(tmp_path):
+    """setup_run + train_step alone give the loss the loop logs for step 1, and that loss is the mean
+    of plain forward passes over micro-batches 0 and 1 with the noise of (seed, index, rank)."""
+    from mergedna.config import preset
+    from mergedna.objectives import ObjectiveConfig, step_generator
+    from mergedna.training.trainer import setup_run, train_step
+
+    run = setup_run(small_run(tmp_path / "step", grad_accum=2, steps=1, bf16=False))
+    result = train_step(run, 0)
+    assert result.finite and not result.out_of_time
+    torch.manual_seed(0)
+    objective = MergeDNAPretrainer(MergeDNAForPretraining(preset("tiny")), ObjectiveConfig())
+    expected = sum(objective(run.train_sampler.batch(i, 2), step_generator(0, i, 0))["loss"].detach() / 2
+                   for i in range(2))
+    assert float(result.loss) == float(expected)
+    pretrain(small_run(tmp_path / "loop", grad_accum=2, steps=1, bf16=False))
+    assert train_rows(tmp_path / "loop")[1]["loss"] == float(result.loss)
+
+
+def test_time_limit_stops_after_the_step_with_a_checkpoint_and_validation(tmp_path):
+    out = tmp_path / "timed"
+    summary = pretrain(small_run(out, steps=50, time_limit=1e-9, val_every=100, ckpt_every=100))
+    assert summary["steps_done"] == 1 and summary["stopped_by"] == "time limit of 1e-09 min"
+    assert [p.name for p in checkpoint_dirs(out)] == ["step-00000001"]
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["split"], r["step"]) for r in rows] == [("train", 1), ("val", 1)]
+    assert (out / "model" / "model.safetensors").is_file()

@@ -17,7 +17,7 @@ from mergedna.config import preset
 from mergedna.variants import auroc, bootstrap_interval, context_window, evaluate
 from mergedna.vocab import MASK, N, encode
 
-from conftest import FIXTURES, SHARED_DATA, read_fasta_simple
+from mergedna_testing import FIXTURES, SHARED_DATA, read_fasta_simple
 
 FASTA = FIXTURES / "variants" / "brca1_exon5_region.fa"
 VCF = FIXTURES / "variants" / "brca1_sge_sample.vcf"

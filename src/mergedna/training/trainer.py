@@ -8,6 +8,12 @@ part to ``metrics.jsonl`` and a PNG, and writes atomic checkpoints. Each step's 
 randomness are functions of (seed, step, rank), so ``--resume`` after any kill reproduces
 the uninterrupted run. A NaN/Inf loss or gradient skips the step; ``max_bad_steps`` in a row
 stop the run with the last good checkpoint intact.
+
+``pretrain`` is a short loop over named steps, each a function of a :class:`Run` (what
+:func:`setup_run` builds once): :func:`train_step` (micro-steps in :func:`forward_backward`),
+:func:`skip_or_stop` (the NaN policy), :func:`maybe_log`, :func:`maybe_validate`,
+:func:`maybe_checkpoint`, and :func:`finish`. Parallelism is applied in :func:`setup_run` from
+outside the model (:func:`mergedna.training.distributed.wrap_model`).
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from ..objectives import MergeDNAPretrainer, ObjectiveConfig, step_generator
 from . import distributed as D
 from .optim import adamw, lr_factor, param_groups
 from .checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
-from .memory import choose_checkpointing, estimate
+from .memory import MemoryEstimate, choose_checkpointing, estimate
 from .plots import plot_curves
 
 
@@ -140,8 +146,74 @@ class _Log:
                 fh.write(json.dumps(row) + "\n")
 
 
+@dataclass
+class Run:
+    """What :func:`setup_run` builds once and every step reads."""
+
+    cfg: TrainConfig  # as resolved: the precision and activation checkpointing that run
+    info: D.DistInfo
+    out: Path
+    model: MergeDNAForPretraining  # the bare model: saving, diagnostics, gradient clipping
+    obj_cfg: ObjectiveConfig  # with the ratio's mean and clip resolved from the model's merge_ratio
+    wrapped: torch.nn.Module  # the MergeDNAPretrainer, wrapped for the strategy from outside (distributed.py)
+    optimizer: torch.optim.Optimizer
+    train_sampler: GenomeSampler
+    val_sampler: GenomeSampler
+    untrained: torch.nn.Module  # the local encoder at initialisation: the tokenizer diagnostics' reference
+    log: _Log
+    meta: dict  # run_metadata() and the world size, recorded in run_config, checkpoints and summary
+    start: int  # the first step to run: the resumed checkpoint's step, else 0
+
+
+@dataclass
+class StepResult:
+    """One optimiser step. ``parts``: this rank's loss parts (named by ``names``), mean over the
+    micro-steps, one device vector; ``finite`` and ``out_of_time`` are what all ranks agreed."""
+
+    names: list[str]
+    parts: torch.Tensor
+    grad_norm: torch.Tensor
+    finite: bool
+    out_of_time: bool
+
+    @property
+    def loss(self) -> torch.Tensor:
+        return self.parts[self.names.index("loss")]
+
+
 def pretrain(cfg: TrainConfig) -> dict:
     """Run pretraining as configured; returns a summary dict (also written to ``summary.json``)."""
+    run = setup_run(cfg)
+    cfg, n_params = run.cfg, sum(p.numel() for p in run.model.parameters())
+    meter = _Throughput(cfg.batch_size * cfg.window * cfg.grad_accum * run.info.world_size)
+    deadline = None if cfg.time_limit is None else meter.t0 + 60 * cfg.time_limit
+    bar = tqdm(total=cfg.steps, initial=run.start, disable=not (run.info.is_main and cfg.progress), unit="step",
+               desc=f"pretrain {n_params / 1e6:.1f}M")
+    done, bad, stop_reason, final_state = run.start, 0, "steps", None
+    for step in range(run.start, cfg.steps):
+        result = train_step(run, step, deadline)
+        bad = skip_or_stop(run, step, result, bad)
+        done = step + 1
+        meter.add_step()
+        maybe_log(run, step, result, meter, bar)
+        bar.update(1)
+        last = done == cfg.steps or result.out_of_time
+        maybe_validate(run, done, last)
+        saved = maybe_checkpoint(run, done, last)
+        final_state = saved if saved is not None else final_state
+        if result.out_of_time:
+            stop_reason = f"time limit of {cfg.time_limit} min"
+            break
+    bar.close()
+    summary = {"steps_done": done, "stopped_by": stop_reason, "train_minutes": meter.elapsed() / 60,
+               "parameters": n_params, "meta": run.meta}
+    return finish(run, summary, final_state)
+
+
+def setup_run(cfg: TrainConfig) -> Run:
+    """Everything before the first step: join the process group, claim the run folder, open the
+    samplers, build the model (with the latest checkpoint's weights on ``resume``), wrap it for the
+    strategy, build the optimiser, and record the resolved config in ``run_config.json``."""
     info = D.init_distributed(cfg.device)
     cfg = dataclasses.replace(cfg, bf16=resolve(cfg.bf16, info.device) == "bf16")  # run_config records what ran
     out = Path(cfg.out)
@@ -151,7 +223,33 @@ def pretrain(cfg: TrainConfig) -> dict:
     if info.is_main:  # refuse a folder holding another run; clean what a killed run left
         claim_run_dir(out, "pretrain", cfg.to_dict(), cfg.resume, cfg.overwrite)
         remove_stale_temps(out / "checkpoints")
-    # rank 0 builds the genome cache, the others wait and then open it
+    train_sampler, val_sampler = open_samplers(cfg, info)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg)
+    untrained = copy.deepcopy(model.mergedna.local_encoder).to(info.device)
+    resumed, optim_state = load_resume_state(cfg, model, out, info)
+    model.to(info.device)
+    objective = MergeDNAPretrainer(model, obj_cfg)
+    obj_cfg = objective.objective
+    cfg, mem = plan_memory(cfg, obj_cfg, model, info)
+    apply_block_options(model, compile=cfg.compile, activation_checkpointing=cfg.activation_checkpointing)
+    wrapped = D.wrap_model(objective, info, cfg.strategy, bf16=cfg.bf16)
+    optimizer = make_optimizer(model, cfg)
+    if optim_state is not None:
+        D.load_optimizer_state(wrapped, optimizer, optim_state)
+    run = Run(cfg, info, out, model, obj_cfg, wrapped, optimizer, train_sampler, val_sampler, untrained,
+              log=_Log(out / "metrics.jsonl", info.is_main, resumed),
+              meta={**run_metadata(), "world_size": info.world_size}, start=resumed or 0)
+    if info.is_main:
+        write_json_atomic(out / "run_config.json", {"train": cfg.to_dict(), "objective": obj_cfg.to_dict(),
+                                                    "model": model.config.to_dict(), "meta": run.meta,
+                                                    "memory": mem.to_dict()})
+    return run
+
+
+def open_samplers(cfg: TrainConfig, info: D.DistInfo) -> tuple[GenomeSampler, GenomeSampler]:
+    """The train and held-out samplers of this rank. Rank 0 builds the genome cache, the others
+    wait and then open it."""
     if info.is_main:
         genome = Genome.from_fasta(cfg.fasta, cache_dir=cfg.cache_dir, progress=cfg.progress)
     D.barrier(info)
@@ -159,136 +257,180 @@ def pretrain(cfg: TrainConfig) -> dict:
         genome = Genome.from_fasta(cfg.fasta, cache_dir=cfg.cache_dir)
     common = dict(window=cfg.window, max_n_fraction=cfg.max_n_fraction, val=_val_spec(cfg.val), seed=cfg.seed,
                   rank=info.rank, world_size=info.world_size)
-    train_sampler = GenomeSampler(genome, rc_prob=cfg.rc_prob, split="train", **common)
-    val_sampler = GenomeSampler(genome, rc_prob=0.0, split="val", **common)
+    return (GenomeSampler(genome, rc_prob=cfg.rc_prob, split="train", **common),
+            GenomeSampler(genome, rc_prob=0.0, split="val", **common))
 
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg)
-    untrained = copy.deepcopy(model.mergedna.local_encoder).to(info.device)  # tokenizer diagnostics' reference
+
+def load_resume_state(cfg: TrainConfig, model: MergeDNAForPretraining, out: Path,
+                      info: D.DistInfo) -> tuple[int | None, dict | None]:
+    """On ``resume``, load the latest checkpoint's weights into ``model`` and return its step and
+    optimiser state; (None, None) when there is none. A checkpoint of other settings (see
+    :func:`mergedna.runs.check_checkpoint`) or another model config is refused."""
     ckpt = latest_checkpoint(out) if cfg.resume else None
     if cfg.resume and ckpt is None and info.is_main:
-        print(f"--resume: no checkpoint under {out}/checkpoints, starting from scratch")
-    start, optim_state = 0, None
-    if ckpt is not None:
-        model_state, optim_state, state = load_checkpoint(ckpt)
-        check_checkpoint(ckpt, state.get("train"), cfg.to_dict())
-        saved = MergeDNAConfig.from_dict(state["model_config"])
-        if saved != model.config:
-            raise ValueError(f"{ckpt}: checkpoint model config differs from this run's; "
-                             f"resume with the same --preset and overrides")
-        model.load_state_dict(model_state)
-        start = int(state["step"])
-    model.to(info.device)
-    objective = MergeDNAPretrainer(model, obj_cfg)
-    obj_cfg = objective.objective  # with the ratio's mean and clip resolved from the model's merge_ratio
+        tqdm.write(f"--resume: no checkpoint under {out}/checkpoints, starting from scratch", file=sys.stderr)
+    if ckpt is None:
+        return None, None
+    model_state, optim_state, state = load_checkpoint(ckpt)
+    check_checkpoint(ckpt, state.get("train"), cfg.to_dict())
+    saved = MergeDNAConfig.from_dict(state["model_config"])
+    if saved != model.config:
+        raise ValueError(f"{ckpt}: checkpoint model config differs from this run's; "
+                         f"resume with the same --preset and overrides")
+    model.load_state_dict(model_state)
+    return int(state["step"]), optim_state
+
+
+def plan_memory(cfg: TrainConfig, obj_cfg: ObjectiveConfig, model: MergeDNAForPretraining,
+                info: D.DistInfo) -> tuple[TrainConfig, MemoryEstimate]:
+    """The start-up estimate of memory per rank, and the config with activation checkpointing
+    decided by it where the config leaves it open (training/memory.py)."""
     mem = estimate(model.config, cfg.window, cfg.batch_size, cfg.bf16, info.device,
                    shards=info.world_size if cfg.strategy == "fsdp" else 1, ratio=obj_cfg.ratio_mean,
                    lambda_latent=obj_cfg.lambda_latent, masking=obj_cfg.masking, objective=obj_cfg.objective)
     cfg = dataclasses.replace(cfg, activation_checkpointing=choose_checkpointing(cfg.activation_checkpointing, mem))
     if info.is_main:
         tqdm.write(mem.summary(cfg.activation_checkpointing), file=sys.stderr)
-    apply_block_options(model, compile=cfg.compile, activation_checkpointing=cfg.activation_checkpointing)
-    wrapped = D.wrap_model(objective, info, cfg.strategy, bf16=cfg.bf16)
-    optimizer = make_optimizer(model, cfg)
-    if optim_state is not None:
-        D.load_optimizer_state(wrapped, optimizer, optim_state)
+    return cfg, mem
 
-    log = _Log(out / "metrics.jsonl", info.is_main, start if ckpt is not None else None)
-    meta = {**run_metadata(), "world_size": info.world_size}
+
+def train_step(run: Run, step: int, deadline: float | None = None) -> StepResult:
+    """Optimiser step ``step`` (0-based): set the scheduled lr, run the micro-steps, clip, then one
+    collective that gives every rank the same verdict: all ranks' loss and gradient norm finite, and
+    any rank past ``deadline`` (a ``time.time()``). The optimiser steps only on a finite verdict."""
+    cfg, info = run.cfg, run.info
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr_at(step, cfg)
+    names, parts = forward_backward(run, step)
+    grad_norm = _full(torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.clip))
+    # one collective and one host read per step: every rank's finite flag and time-limit flag together
+    out_of_time = deadline is not None and time.time() > deadline
+    flags = torch.stack([(torch.isfinite(parts[names.index("loss")]) & torch.isfinite(grad_norm)).float(),
+                         torch.tensor(float(out_of_time), device=info.device)])
+    n_finite, n_out_of_time = D.all_reduce_sum(flags, info).tolist()
+    result = StepResult(names, parts, grad_norm, finite=n_finite == info.world_size, out_of_time=n_out_of_time > 0)
+    if result.finite:
+        run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return result
+
+
+def forward_backward(run: Run, step: int) -> tuple[list[str], torch.Tensor]:
+    """The ``grad_accum`` micro-steps of optimiser step ``step``: forward under autocast and backward
+    of loss / grad_accum, gradients synchronised on the last micro-step only. Micro-step ``index``'s
+    windows and noise are functions of (seed, index, rank), whatever ran before. Returns the loss
+    parts' names and their mean over the micro-steps, one device vector (no host read here)."""
+    cfg, info = run.cfg, run.info
+    names, total = None, None
+    for micro in range(cfg.grad_accum):
+        index = step * cfg.grad_accum + micro
+        ids = run.train_sampler.batch(index, cfg.batch_size).to(info.device, non_blocking=True)
+        with D.gradient_sync(run.wrapped, sync=micro == cfg.grad_accum - 1):
+            with autocast(cfg.bf16, info.device):
+                parts = run.wrapped(ids, step_generator(cfg.seed, index, info.rank))
+            (parts["loss"] / cfg.grad_accum).backward()
+        names = list(parts)
+        vec = torch.stack([v.detach().float().to(info.device) for v in parts.values()]) / cfg.grad_accum
+        total = vec if total is None else total + vec
+    return names, total
+
+
+def skip_or_stop(run: Run, step: int, result: StepResult, bad: int) -> int:
+    """The NaN policy. A non-finite step was skipped by :func:`train_step` (no optimiser step); it
+    is logged as skipped, and ``max_bad_steps`` in a row raise :class:`TrainingDiverged`, the last
+    good checkpoint intact. Returns the count of non-finite steps in a row."""
+    bad = 0 if result.finite else bad + 1
+    if not result.finite:
+        run.log.write({"split": "train", "step": step + 1, "skipped": True,
+                       "loss": float(result.loss), "grad_norm": float(result.grad_norm)})
+    if bad >= run.cfg.max_bad_steps:
+        last = latest_checkpoint(run.out)
+        raise TrainingDiverged(f"{bad} non-finite steps in a row (last at step {step + 1}); stopping. "
+                               f"Last good checkpoint: {last or 'none yet'}. Lower --lr or check the data.")
+    return bad
+
+
+def maybe_log(run: Run, step: int, result: StepResult, meter: _Throughput, bar) -> None:
+    """Every ``log_every`` finite steps and at the last: a train row of ``metrics.jsonl`` (loss
+    parts and gradient norm averaged over ranks, lr, bases per second since the last row) and the
+    progress bar. The only host read of the loss parts."""
+    cfg, info, done = run.cfg, run.info, step + 1
+    if not (result.finite and (done % cfg.log_every == 0 or done == cfg.steps)):
+        return
+    red = D.all_reduce_sum(torch.cat([result.parts, result.grad_norm.float().reshape(1)]), info).tolist()
+    sums = {k: v / info.world_size for k, v in zip(result.names, red)}
+    bps = meter.rate()
+    run.log.write({"split": "train", "step": done, "lr": lr_at(step, cfg), "grad_norm": red[-1] / info.world_size,
+                   "bp_per_s": bps, "elapsed_s": meter.elapsed(), **sums})
+    bar.set_postfix({k: f"{sums[k]:.3f}" for k in ("loss", "mtr", "latent_mtr", "amtm", "mlm") if k in sums}
+                    | {"bp/s": f"{bps:,.0f}"})
+
+
+def maybe_validate(run: Run, done: int, last: bool) -> None:
+    """Every ``val_every`` steps and at the last: a val row of ``metrics.jsonl`` (the held-out loss
+    parts, :func:`validate`, and the tokenizer diagnostics against the untrained local encoder) and
+    the curves redrawn."""
+    cfg, info = run.cfg, run.info
+    if not (done % cfg.val_every == 0 or last):
+        return
+    row = validate(run.wrapped, run.val_sampler, cfg, info)
+    if not (info.enabled and cfg.strategy == "fsdp"):  # FSDP shards φ: it cannot run outside the root
+        with autocast(cfg.bf16, info.device):  # pass 1's tokenization at the mean ratio, as validate runs it
+            row |= validation_row(run.model.mergedna.local_encoder, run.untrained,
+                                  run.val_sampler.val_batches(cfg.val_windows, cfg.batch_size),
+                                  run.obj_cfg.ratio_mean, reduce=lambda t: D.all_reduce_sum(t, info))
+    run.log.write({"split": "val", "step": done, **row})
     if info.is_main:
-        write_json_atomic(out / "run_config.json", {"train": cfg.to_dict(), "objective": obj_cfg.to_dict(),
-                                                    "model": model.config.to_dict(), "meta": meta,
-                                                    "memory": mem.to_dict()})
-    n_params = sum(p.numel() for p in model.parameters())
-    bases_per_step = cfg.batch_size * cfg.window * cfg.grad_accum * info.world_size
-    bar = tqdm(total=cfg.steps, initial=start, disable=not (info.is_main and cfg.progress), unit="step",
-               desc=f"pretrain {n_params / 1e6:.1f}M")
-    t0, bad, step, stop_reason, final_state = time.time(), 0, start, "steps", None
-    window_t, window_bases = time.time(), 0
+        plot_curves(run.out / "metrics.jsonl", run.out / "curves.png")
 
-    def save(at: int):
-        model_state, optim_state = D.full_state(wrapped, optimizer)  # a collective under FSDP
-        if info.is_main:
-            state = {"model_config": model.config.to_dict(), "train": cfg.to_dict(), "objective": obj_cfg.to_dict(),
-                     "meta": meta}
-            save_checkpoint(out, at, model, model_state, optim_state, state, cfg.keep_last)
-        D.barrier(info)
-        return model_state
 
-    for step in range(start, cfg.steps):
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        names, parts_sum = None, None  # this step's loss parts, a device vector (no host reads per micro-step)
-        for micro in range(cfg.grad_accum):
-            index = step * cfg.grad_accum + micro
-            ids = train_sampler.batch(index, cfg.batch_size).to(info.device, non_blocking=True)
-            with D.gradient_sync(wrapped, sync=micro == cfg.grad_accum - 1):
-                with autocast(cfg.bf16, info.device):
-                    parts = wrapped(ids, step_generator(cfg.seed, index, info.rank))
-                (parts["loss"] / cfg.grad_accum).backward()
-            names = list(parts)
-            vec = torch.stack([v.detach().float().to(info.device) for v in parts.values()]) / cfg.grad_accum
-            parts_sum = vec if parts_sum is None else parts_sum + vec
-        grad_norm = _full(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip))
-        # one collective and one host read per step: every rank's finite flag and time-limit flag together
-        out_of_time = cfg.time_limit is not None and (time.time() - t0) / 60 > cfg.time_limit
-        flags = torch.stack([(torch.isfinite(parts_sum[names.index("loss")]) & torch.isfinite(grad_norm)).float(),
-                             torch.tensor(float(out_of_time), device=info.device)])
-        n_finite, n_out_of_time = D.all_reduce_sum(flags, info).tolist()
-        finite, out_of_time = n_finite == info.world_size, n_out_of_time > 0
-        if finite:
-            optimizer.step()
-            bad = 0
-        else:
-            bad += 1
-            log.write({"split": "train", "step": step + 1, "skipped": True,
-                       "loss": float(parts_sum[names.index("loss")]), "grad_norm": float(grad_norm)})
-        optimizer.zero_grad(set_to_none=True)
-        if bad >= cfg.max_bad_steps:
-            last = latest_checkpoint(out)
-            raise TrainingDiverged(f"{bad} non-finite steps in a row (last at step {step + 1}); stopping. "
-                                   f"Last good checkpoint: {last or 'none yet'}. Lower --lr or check the data.")
-        window_bases += bases_per_step
-        done = step + 1
-        if finite and (done % cfg.log_every == 0 or done == cfg.steps):
-            # the only host read of the loss parts: once per log_every steps
-            red = D.all_reduce_sum(torch.cat([parts_sum, grad_norm.float().reshape(1)]), info).tolist()
-            sums = {k: v / info.world_size for k, v in zip(names, red)}
-            bps = window_bases / max(time.time() - window_t, 1e-9)
-            window_t, window_bases = time.time(), 0
-            log.write({"split": "train", "step": done, "lr": lr_at(step, cfg), "grad_norm": red[-1] / info.world_size,
-                       "bp_per_s": bps, "elapsed_s": time.time() - t0, **sums})
-            bar.set_postfix({k: f"{sums[k]:.3f}" for k in ("loss", "mtr", "latent_mtr", "amtm", "mlm") if k in sums}
-                            | {"bp/s": f"{bps:,.0f}"})
-        bar.update(1)
-        last = done == cfg.steps or out_of_time
-        if done % cfg.val_every == 0 or last:
-            row = validate(wrapped, val_sampler, cfg, info)
-            if not (info.enabled and cfg.strategy == "fsdp"):  # FSDP shards φ: it cannot run outside the root
-                with autocast(cfg.bf16, info.device):  # pass 1's tokenization at the mean ratio, as validate runs it
-                    row |= validation_row(model.mergedna.local_encoder, untrained,
-                                          val_sampler.val_batches(cfg.val_windows, cfg.batch_size),
-                                          obj_cfg.ratio_mean, reduce=lambda t: D.all_reduce_sum(t, info))
-            log.write({"split": "val", "step": done, **row})
-            if info.is_main:
-                plot_curves(out / "metrics.jsonl", out / "curves.png")
-        if done % cfg.ckpt_every == 0 or last:
-            final_state = save(done)
-        if out_of_time:
-            stop_reason = f"time limit of {cfg.time_limit} min"
-            break
-    bar.close()
-    summary = {"steps_done": step + 1 if cfg.steps > start else start, "stopped_by": stop_reason,
-               "train_minutes": (time.time() - t0) / 60, "parameters": n_params, "meta": meta}
+def maybe_checkpoint(run: Run, done: int, last: bool) -> dict | None:
+    """Every ``ckpt_every`` steps and at the last: an atomic checkpoint of step ``done`` (the last
+    ``keep_last`` kept). Returns the full model state it gathered, else None. A collective under
+    FSDP: every rank calls it."""
+    if not (done % run.cfg.ckpt_every == 0 or last):
+        return None
+    model_state, optim_state = D.full_state(run.wrapped, run.optimizer)
+    if run.info.is_main:
+        state = {"model_config": run.model.config.to_dict(), "train": run.cfg.to_dict(),
+                 "objective": run.obj_cfg.to_dict(), "meta": run.meta}
+        save_checkpoint(run.out, done, run.model, model_state, optim_state, state, run.cfg.keep_last)
+    D.barrier(run.info)
+    return model_state
+
+
+def finish(run: Run, summary: dict, final_state: dict | None) -> dict:
+    """Write the final model (``model/``, from ``final_state`` or gathered now), the curves and
+    ``summary.json``; leave the process group. Returns ``summary``."""
     if final_state is None:
-        final_state, _ = D.full_state(wrapped, optimizer)
-    if info.is_main:
-        atomic_write_dir(out / "model", lambda tmp: model.write_files(tmp, final_state))
-        plot_curves(out / "metrics.jsonl", out / "curves.png")
-        write_json_atomic(out / "summary.json", summary)
-    D.barrier(info)
-    D.cleanup(info)
+        final_state, _ = D.full_state(run.wrapped, run.optimizer)  # a collective under FSDP
+    if run.info.is_main:
+        atomic_write_dir(run.out / "model", lambda tmp: run.model.write_files(tmp, final_state))
+        plot_curves(run.out / "metrics.jsonl", run.out / "curves.png")
+        write_json_atomic(run.out / "summary.json", summary)
+    D.barrier(run.info)
+    D.cleanup(run.info)
     return summary
+
+
+class _Throughput:
+    """Time since the loop began, and bases per second over the steps since the last log row."""
+
+    def __init__(self, bases_per_step: int):
+        self.bases_per_step, self.window_bases = bases_per_step, 0
+        self.t0 = self.window_t = time.time()
+
+    def add_step(self) -> None:
+        self.window_bases += self.bases_per_step
+
+    def rate(self) -> float:
+        """Bases per second since the last call (or the start); starts the next window."""
+        bps = self.window_bases / max(time.time() - self.window_t, 1e-9)
+        self.window_t, self.window_bases = time.time(), 0
+        return bps
+
+    def elapsed(self) -> float:
+        return time.time() - self.t0
 
 
 def _val_spec(val: str):
