@@ -2,7 +2,8 @@
 #   make demo   - the main job: pretrain on the embedded E. coli genome, fine-tune on UCI splice
 #                 junctions (pretrained vs from scratch), show the learned tokens; < 10 min on 2 CPU cores
 #   make test   - ruff (errors only), then the test suite (CI runs exactly this)
-#   make bench  - the speed suite (issue 6): ~40 min on 2 cores, writes benchmarks/results/suite.{json,md}
+#   make bench  - the speed suite (benchmarks/suite.py: matmul peak, MergeDNA vs peer encoders, length
+#                 scaling, sampler throughput): ~40 min on 2 cores, writes benchmarks/results/suite.{json,md}
 # Both create .venv on first use. torch is pinned: `pip install torch==2.13.0` takes the CPU build.
 
 PYTHON ?= python3

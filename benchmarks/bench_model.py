@@ -5,7 +5,7 @@
 
 One pass of the full pretraining model (φ ψ ω ζ and the base head, the MTR pass) on real
 chr20 sequence from the test fixture (random bases past its 6 kb), under bf16 autocast where the
-CPU multiplies bf16 natively (AMX/AVX512-BF16), else fp32; `--bf16`/`--fp32` force either.
+CPU multiplies bf16 natively (AMX/AVX512-BF16), else fp32; `--precision bf16|fp32` forces either.
 "forward" is inference (no_grad); "forward+backward" adds the backward of the base
 cross-entropy; "pretrain-step" is the whole three-pass objective (MTR, latent MTR, AMTM at
 ratio 0.5) and its backward, optionally with ``--activation-checkpointing``. Each configuration runs in a fresh subprocess, so its peak RSS is its own;
@@ -86,7 +86,7 @@ def measure(preset: str, n: int, batch: int, mode: str, repeats: int, bf16: bool
 
 def run_isolated(args, preset: str, n: int, mode: str) -> dict:
     cmd = [sys.executable, __file__, "--child", preset, str(n), mode, "--batch", str(args.batch),
-           "--repeats", str(args.repeats)] + (["--bf16"] if args.bf16 else ["--fp32"]) + (
+           "--repeats", str(args.repeats)] + ["--precision", "bf16" if args.bf16 else "fp32"] + (
         ["--activation-checkpointing"] if args.activation_checkpointing else [])
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
@@ -138,23 +138,22 @@ def markdown(rows: list[dict]) -> str:
 
 
 def main() -> None:
+    from mergedna.precision import PRECISIONS, resolve
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--presets", nargs="+", default=["tiny", "small", "base", "paper"])
     p.add_argument("--lengths", nargs="+", type=int, default=[1024, 4096, 16384])
     p.add_argument("--modes", nargs="+", default=["forward", "forward+backward"])
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--fp32", dest="bf16", action="store_false", default=None, help="no autocast")
-    p.add_argument("--bf16", dest="bf16", action="store_true",
-                   help="bf16 autocast (default: where the CPU has AMX/AVX512-BF16, else fp32)")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="autocast precision: auto (bf16 where the CPU has AMX/AVX512-BF16, else fp32), bf16 or fp32")
     p.add_argument("--activation-checkpointing", action="store_true", help="recompute blocks in backward")
     p.add_argument("--timeout", type=int, default=1200, help="seconds per configuration")
     p.add_argument("--tag", default="model_throughput", help="results file stem under benchmarks/results/")
     p.add_argument("--child", nargs=3, metavar=("PRESET", "N", "MODE"), help=argparse.SUPPRESS)
     args = p.parse_args()
-    from mergedna.precision import resolve
-
-    args.bf16 = resolve(args.bf16) == "bf16"
+    args.bf16 = resolve(args.precision) == "bf16"
     if args.child:
         preset, n, mode = args.child
         print(json.dumps(measure(preset, int(n), args.batch, mode, args.repeats, args.bf16,

@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+import mergedna.commands.embed as embed_cmd
 import mergedna.embed as embed_mod
 from mergedna.embed import embed_file, embed_sequences, load_encoder
 from mergedna.merging import unmerge
@@ -91,7 +92,7 @@ def test_long_sequence_in_overlapping_chunks(encoder):
 
 def test_embed_file_npy_sidecar_and_parquet(tmp_path, checkpoint, encoder, splice_seqs):
     parser = argparse.ArgumentParser(prog="mergedna")
-    embed_mod.add_parser(parser.add_subparsers(dest="command"))
+    embed_cmd.add_parser(parser.add_subparsers(dest="command"))
     out = tmp_path / "chr20.npy"
     args = parser.parse_args(["embed", "--model", str(checkpoint), "--input", str(CHR20), "--out", str(out),
                               "--batch-size", "4", "--no-progress"])

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import mergedna.benchmark as benchmark_mod
+import mergedna.commands.finetune as finetune_cmd
 import mergedna.finetune as finetune_mod
 from mergedna.benchmark import BenchmarkMismatchError, run_benchmark
 from mergedna.config import preset
@@ -84,7 +85,7 @@ def test_finetune_from_preset_writes_metrics_and_tests_once(tmp_path, monkeypatc
 
 def test_finetune_cli_from_checkpoint(tmp_path, checkpoint, capsys):
     parser = argparse.ArgumentParser(prog="mergedna")
-    finetune_mod.add_parser(parser.add_subparsers(dest="command"))
+    finetune_cmd.add_parser(parser.add_subparsers(dest="command"))
     out = tmp_path / "ft"
     args = parser.parse_args(["finetune", "--model", str(checkpoint), "--task", str(SPLICE3), "--out", str(out),
                               "--max-steps", "3", "--batch-size", "4", "--eval-every", "3", "--lr", "1e-4",

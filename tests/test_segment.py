@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-import mergedna.segment as segment_mod
+import mergedna.commands.segment as segment_cmd
 from mergedna.embed import load_encoder
 from mergedna.segment import parse_region, read_annotation, record_regions
 from mergedna.vocab import encode
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def run_cli(argv, capsys):
     parser = argparse.ArgumentParser(prog="mergedna")
-    segment_mod.add_parser(parser.add_subparsers(dest="command"))
+    segment_cmd.add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["segment", *argv])
     assert args.func(args) == 0
     return capsys.readouterr().out

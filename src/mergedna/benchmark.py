@@ -21,13 +21,10 @@ as the paper does; ``results.json`` keeps them as fractions.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime
 import json
 import os
-import shlex
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +32,7 @@ import numpy as np
 from .baselines import BASELINES, LABELS as BASELINE_LABELS, baseline_on_task
 from .data.task_formats import find_split_files
 from .data.tasks import load_task
-from .finetune import FinetuneSettings, add_training_arguments, finetune, settings_from_args
+from .finetune import FinetuneSettings, finetune
 from .provenance import run_metadata, write_json_atomic, write_text_atomic
 
 # docs/method.md §9: MergeDNA (380M), GUE, MCC × 100, per task as published
@@ -326,64 +323,3 @@ def compare_table(results: list[dict], names: list[str]) -> str:
                      f"commit {m['git_commit']}{' (dirty)' if m['git_dirty'] else ''}, {m['machine']['cpu']}, "
                      f"{m['machine']['cpus']} cores, torch {m['machine']['torch']}")
     return "\n".join(lines) + "\n"
-
-
-def cmd_compare(args) -> int:
-    names = args.names or [Path(d).name for d in args.results]
-    if len(names) != len(args.results):
-        raise SystemExit("mergedna compare: give one --names entry per results folder")
-    loaded = []
-    for d in args.results:
-        path = Path(d) / "results.json"
-        if not path.is_file():
-            raise SystemExit(f"mergedna compare: {path} not found (run mergedna benchmark --out {d} first)")
-        loaded.append(json.loads(path.read_text()))
-    print(compare_table(loaded, names), end="")
-    return 0
-
-
-def cmd_benchmark(args) -> int:
-    if args.baselines is None:
-        args.baselines = list(BASELINES)
-    if args.model is None and args.preset is None and not args.baselines:
-        raise SystemExit("mergedna benchmark: give --model or --preset, or at least one baseline")
-    def report(record, skipped):
-        metric = SUITES[args.suite]["metric"]
-        who = f" {record['baseline']}" if "baseline" in record else ""
-        print(f"{record['task']} seed {record['seed']}{who}: test {metric} {record['test'][metric]:.4f}"
-              f"{' (done before, reused)' if skipped else ''}", flush=True)
-
-    results = run_benchmark(args.suite, args.data_root, args.out, args.tasks, args.seeds, args.first_seed,
-                            model=args.model, preset=args.preset, command=shlex.join(["mergedna", *sys.argv[1:]]),
-                            progress=not args.no_progress, save_models=args.save_models, on_run=report,
-                            baselines=args.baselines,
-                            **settings_from_args(args))
-    print()
-    print(markdown_table(results))
-    print(f"wrote {args.out}/results.json and {args.out}/results.md")
-    return 0
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Register ``mergedna benchmark``."""
-    p = subparsers.add_parser("benchmark", help="fine-tune tasks x seeds and tabulate mean ± sd next to the "
-                                                "published MergeDNA numbers")
-    p.add_argument("--suite", choices=sorted(SUITES), default="gue")
-    p.add_argument("--data-root", required=True,
-                   help="folder holding the suite's task folders (e.g. ../shared/data/gue)")
-    p.add_argument("--tasks", nargs="+", help="task folders (files for --suite csv) relative to --data-root "
-                                              "(default: all folders with a train split)")
-    p.add_argument("--seeds", type=int, default=3, help="number of seeds per task")
-    p.add_argument("--first-seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="output directory (rerunning skips finished runs)")
-    p.add_argument("--save-models", action="store_true", help="keep every run's fine-tuned checkpoint")
-    p.add_argument("--baselines", nargs="*", choices=BASELINES, default=None,
-                   help="also train these references on the same splits and seeds (default: cnn kmer; "
-                        "--baselines with no name: none). Without --model/--preset: a baselines-only table")
-    add_training_arguments(p, source_required=False)
-    p.set_defaults(func=cmd_benchmark)
-    c = subparsers.add_parser("compare", help="side-by-side table of several benchmark results folders")
-    c.add_argument("results", nargs="+", help="folders written by mergedna benchmark --out")
-    c.add_argument("--names", nargs="+", help="column names (default: folder names)")
-    c.set_defaults(func=cmd_compare)
-    return p

@@ -27,7 +27,6 @@ place at the end, so an error never leaves a half-written output.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import csv
 import itertools
@@ -43,7 +42,7 @@ from .data.task_formats import NAME_COLUMNS, SEQUENCE_COLUMNS, _column, _sniff_d
 from .heads import pool_bases
 from .merging import unmerge
 from .model import MergeDNAModel
-from .precision import PRECISIONS, autocast
+from .precision import autocast
 from .seqio import SequenceFileError, atomic_path, chunk_starts, iter_fasta, open_text, pad_batch, read_errors
 from .vocab import encode, reverse_complement
 
@@ -269,38 +268,3 @@ def _write_parquet(path: Path, stream, lengths: list[int], dim: int, per_base: b
                 rows = 0
         if buffer:
             flush()
-
-
-def cmd_embed(args) -> int:
-    overrides = {"merge_ratio": args.merge_ratio} if args.merge_ratio is not None else {}
-    info = embed_file(load_encoder(args.model, **overrides), args.input, args.out, per_base=args.per_base,
-                      sequence_column=args.sequence_column, id_column=args.id_column, progress=not args.no_progress,
-                      rc_average=args.rc_average, chunk_length=args.chunk_length, chunk_overlap=args.chunk_overlap,
-                      batch_size=args.batch_size, precision=args.precision)
-    shape = (info["bases"] if args.per_base else info["sequences"], info["dim"])
-    print(f"embedded {info['sequences']} sequences ({info['bases']} bases) -> {info['out']} {shape}"
-          + (f", ids in {info['ids']}" if info["ids"] else ""))
-    return 0
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Register ``mergedna embed``."""
-    p = subparsers.add_parser("embed", help="embed sequences (FASTA or CSV/TSV) to .npy or Parquet")
-    p.add_argument("--model", required=True, help="checkpoint directory (any mergedna checkpoint)")
-    p.add_argument("--input", required=True, help="FASTA or CSV/TSV file (.gz too)")
-    p.add_argument("--out", required=True, help="output .npy (with an .ids.tsv sidecar) or .parquet")
-    p.add_argument("--per-base", action="store_true", help="one vector per base (token vector via assign)")
-    p.add_argument("--rc-average", action="store_true", help="average with the reverse complement's embedding")
-    p.add_argument("--chunk-length", type=int, help="window for long sequences (default: the model's max_length)")
-    p.add_argument("--chunk-overlap", type=int, help="overlap of windows (default: a quarter of the window)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--merge-ratio", type=float, help="override the model's merge_ratio (L/N)")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="fp32 (default: exact embeddings), bf16 autocast, or auto (bf16 where the CPU has AMX or "
-                        "AVX512-BF16)")
-    p.add_argument("--bf16", dest="precision", action="store_const", const="bf16", help="same as --precision bf16")
-    p.add_argument("--sequence-column", help="CSV/TSV sequence column (default: sequence/seq/...)")
-    p.add_argument("--id-column", help="CSV/TSV id column (default: name/id/...; else file:line)")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=cmd_embed)
-    return p

@@ -33,15 +33,12 @@ multiclass: one-vs-rest macro; ``None`` when undefined, e.g. one class only).
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import json
 import math
 import os
 import random
-import shlex
-import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -52,9 +49,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .config import POOLINGS, PRESETS, preset as preset_config
+from .config import POOLINGS, preset as preset_config
 from .data.task_batching import LENGTH_POLICIES, average_chunk_logits, make_dataloader
-from .data.tasks import LAYOUTS, LabelledSplit, Task, load_task, make_split
+from .data.tasks import LabelledSplit, Task, load_task, make_split
 from .heads import MergeDNAForSequenceClassification
 from .precision import PRECISIONS, autocast, resolve
 from .pretrained import load_config
@@ -506,112 +503,3 @@ def finetune(task, out: str | os.PathLike | None = None, *, model: str | os.Path
             write_json_atomic(out / "baselines" / f"{name}.json", {**r, "seed": seed, **run_metadata(command)})
         write_json_atomic(out / "metrics.json", result)
     return result
-
-
-def add_training_arguments(p: argparse.ArgumentParser, source_required: bool = True) -> None:
-    """Options shared by ``finetune`` and ``benchmark``: model source and :class:`FinetuneSettings`."""
-    src = p.add_mutually_exclusive_group(required=source_required)
-    src.add_argument("--model", help="checkpoint directory (save_pretrained); the head is new")
-    src.add_argument("--preset", choices=sorted(PRESETS), help="random initialisation (the from-scratch baseline)")
-    d = FinetuneSettings()
-    p.add_argument("--lora-rank", type=int, default=d.lora_rank, help="LoRA rank; 0 = full fine-tuning (default)")
-    p.add_argument("--lora-alpha", type=float, help="LoRA alpha (default 2 x rank)")
-    p.add_argument("--lora-dropout", type=float, default=d.lora_dropout)
-    p.add_argument("--lr", type=float, help=f"peak learning rate (default {DEFAULT_LR['random']:g} from random "
-                                           f"init, {DEFAULT_LR['pretrained']:g} from a checkpoint; paper grid for "
-                                           "pretrained models: 1e-5, 5e-5, 1e-4)")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay (paper: 0 or 0.01)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--eval-batch-size", type=int, help="default 2 x batch size")
-    p.add_argument("--epochs", type=float, default=d.epochs)
-    p.add_argument("--max-steps", type=int, help="optimizer steps (wins over --epochs)")
-    p.add_argument("--warmup-ratio", type=float, default=d.warmup_ratio, help="warm-up as a fraction of all steps")
-    p.add_argument("--warmup-steps", type=int, help="warm-up steps (wins over --warmup-ratio)")
-    p.add_argument("--schedule", choices=("linear", "cosine"), default=d.schedule, help="decay after warm-up")
-    p.add_argument("--eval-every", type=int, help="steps between dev evaluations (default: ~10 per run)")
-    p.add_argument("--patience", type=int, default=d.patience,
-                   help="stop after this many dev evaluations without improvement (0 = never stop early)")
-    p.add_argument("--select-metric", choices=METRICS, default=d.select_metric, help="dev metric for selection")
-    p.add_argument("--clip", type=float, default=d.clip, help="gradient-norm clip (0 = off)")
-    p.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="bf16 autocast, fp32, or auto: bf16 where the CPU has AMX/AVX512-BF16, else fp32")
-    p.add_argument("--fp32", dest="precision", action="store_const", const="fp32", help="same as --precision fp32")
-    p.add_argument("--length-policy", choices=LENGTH_POLICIES, default=d.length_policy,
-                   help="sequences longer than the model's max_length: error, truncate (centre) or chunk")
-    p.add_argument("--max-length", type=int, help="override the model's max_length")
-    p.add_argument("--merge-ratio", type=float, help="override the model's merge_ratio (L/N)")
-    p.add_argument("--pooling", choices=("auto", *POOLINGS), default="auto",
-                   help="sequence head: mean (the paper's), cls (a CLS token that never merges), attention (with "
-                        "absolute positions), flatten (per-base features flattened); auto (default): flatten "
-                        f"when all training sequences have one length <= {FLATTEN_MAX_LENGTH}, else cls")
-    p.add_argument("--dev-fraction", type=float, default=d.dev_fraction, help="share carved for dev when needed")
-    p.add_argument("--split-seed", type=int, default=d.split_seed, help="seed of carved splits (fixed across seeds)")
-    p.add_argument("--train-on-dev", action="store_true",
-                   help="train on dev when a task has no train split (result marked not comparable)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def settings_from_args(args) -> dict:
-    """:class:`FinetuneSettings` keyword arguments from parsed :func:`add_training_arguments` options."""
-    names = {f.name for f in dataclasses.fields(FinetuneSettings)} - {"patience"}
-    kwargs = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
-    kwargs["patience"] = args.patience or None
-    return kwargs
-
-
-def format_metrics(metrics: dict) -> str:
-    return "  ".join(f"{k} {metrics[k]:.4f}" if metrics[k] is not None else f"{k} n/a" for k in METRICS)
-
-
-def cmd_finetune(args) -> int:
-    if args.baselines == []:
-        args.baselines = ["cnn", "kmer"]
-    columns = {k: int(v) if v.isdigit() else v for k, v in (("sequence_column", args.sequence_column),
-                                                             ("label_column", args.label_column)) if v is not None}
-    result = finetune(args.task, args.out, model=args.model, preset=args.preset, layout=args.layout, seed=args.seed,
-                      command=shlex.join(["mergedna", *sys.argv[1:]]), progress=not args.no_progress,
-                      overwrite=args.overwrite, task_options=columns, baselines=args.baselines or (),
-                      sweep=args.sweep, sweep_lora_ranks=args.sweep_lora_ranks, **settings_from_args(args))
-    task = result["task"]
-    print(f"task {task['name']}: train {task['sizes']['train']}, dev {task['sizes']['dev']}, "
-          f"test {task['sizes']['test']} (dev: {task['dev_source']})")
-    if not task["comparable"]:
-        print(f"NOT COMPARABLE with published numbers: {task['reason']}")
-    if "sweep" in result:
-        for t in result["sweep"]["trials"]:
-            print(f"  sweep lr {t['lr']:g} weight decay {t['weight_decay']:g} LoRA rank {t['lora_rank']}: "
-                  f"best dev {result['sweep']['select_metric']} {t['best_dev'][result['sweep']['select_metric']]:.4f}")
-        print(f"selected on dev: {result['sweep']['selected']}")
-    print(f"best dev step {result['best_step']} of {result['steps']}"
-          f"{' (stopped early)' if result['stopped_early'] else ''}: {format_metrics(result['best_dev'])}")
-    print(f"test (evaluated once): {format_metrics(result['test'])}  [{result['seconds']:.0f} s]")
-    for name, r in result.get("baselines", {}).items():
-        print(f"baseline {name} ({r['label']}), same splits, dev-selected: test {format_metrics(r['test'])}  "
-              f"[{r['seconds']:.0f} s]")
-    print(f"wrote {args.out}/metrics.json, model/, dev_curve.png, test_predictions.tsv")
-    return 0
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Register ``mergedna finetune``."""
-    p = subparsers.add_parser("finetune", help="fine-tune a classifier on a labelled task, select on dev, "
-                                               "evaluate once on test")
-    p.add_argument("--task", required=True, help="task folder or file")
-    p.add_argument("--layout", choices=["auto", *sorted(LAYOUTS)], default="auto",
-                   help="task layout (default auto: a CSV/TSV or FASTA file, or a folder in GUE, Genomic "
-                        "Benchmarks or NT layout, recognised from its files)")
-    p.add_argument("--sequence-column", help="CSV/TSV sequence column, by name or 0-based index (default: "
-                                             "sequence/seq/dna)")
-    p.add_argument("--label-column", help="CSV/TSV label column, by name or 0-based index (default: label/class/...)")
-    p.add_argument("--out", required=True, help="output folder (a new one, or one holding no run)")
-    p.add_argument("--overwrite", action="store_true", help="--out holds another run: delete its files first")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sweep", action="store_true",
-                   help="train one model per lr x weight decay (x --sweep-lora-ranks) and keep the best on dev; "
-                        f"lr grid {SWEEP_LRS['pretrained']} from a checkpoint, {SWEEP_LRS['random']} from random init")
-    p.add_argument("--sweep-lora-ranks", type=int, nargs="+", help="LoRA ranks to sweep (0 = full fine-tuning)")
-    p.add_argument("--baselines", nargs="*", choices=("cnn", "kmer"), metavar="NAME",
-                   help="also train references on the same splits and seed: cnn, kmer (no name: both)")
-    add_training_arguments(p)
-    p.set_defaults(func=cmd_finetune)
-    return p

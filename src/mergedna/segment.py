@@ -21,18 +21,14 @@ exons) each count it. Tokens whose midpoint is in no region are ``other``.
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .cli_args import add_model_source
-from .config import preset as preset_config
 from tqdm.auto import tqdm
 
-from .embed import load_encoder
 from .model import MergeDNAModel, prepare_inputs
 from .seqio import (SequenceFileError, atomic_path, iter_fasta, open_text, pad_batch, parse_region, read_errors, union_intervals,
                     write_json_atomic)
@@ -260,73 +256,41 @@ def iter_regions(fasta, regions: list[str] | None = None):
                          f"{', '.join(names[:20])}{more}")
 
 
-def cmd_segment(args) -> int:
-    overrides = {"merge_ratio": args.merge_ratio} if args.merge_ratio is not None else {}
-    if args.model:
-        encoder = load_encoder(args.model, **overrides)
-    else:
-        torch.manual_seed(args.seed)
-        encoder = MergeDNAModel(preset_config(args.preset, **overrides)).eval()
-        print(f"note: preset {args.preset!r} with random weights (seed {args.seed}): "
-              "the boundaries reflect no training")
-    segs = segment_fasta(encoder, args.fasta, args.region, batch_size=args.batch_size, progress=True)
-    annotation = None
-    if args.bed or args.gff:
-        annotation = read_annotation(args.bed or args.gff, "bed" if args.bed else "gff", args.bed_type_column)
-    regions = [record_regions(annotation, s.record, s.offset + len(s.ids)) if annotation else [] for s in segs]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    cfg = encoder.config
-    for seg in segs:
-        print(f">{seg.record} bases {seg.offset + 1}-{seg.offset + len(seg.ids)}: {len(seg.ids)} bases, "
-              f"{len(seg.starts)} tokens, mean {len(seg.ids) / max(1, len(seg.starts)):.2f} bases/token "
-              f"(merge_ratio {cfg.merge_ratio}, windows of {cfg.max_length})")
-        lines = format_tokens(seg, None if args.all else args.show)
-        print("\n".join(lines))
-        if not args.all and len(seg.ids) > args.show:
-            print(f"... (first {args.show} bases; --all prints everything)")
-    with atomic_path(out / "tokens.tsv") as tmp, open(tmp, "w") as fh:
-        fh.write("record\tstart\tend\tlength" + ("\tregion_type\n" if annotation else "\n"))
-        for seg, regs in zip(segs, regions):
-            kinds = token_region_types(seg, regs) if annotation else None
+def write_tokens(path: str | Path, segs: list[Segmentation], regions_per_seg=None) -> None:
+    """``record, start, end, length`` per token as TSV (atomically), plus ``region_type`` (the types
+    holding the token's midpoint, or ``other``) when ``regions_per_seg`` is given."""
+    with atomic_path(path) as tmp, open(tmp, "w") as fh:
+        fh.write("record\tstart\tend\tlength" + ("\tregion_type\n" if regions_per_seg is not None else "\n"))
+        for k, seg in enumerate(segs):
+            kinds = token_region_types(seg, regions_per_seg[k]) if regions_per_seg is not None else None
             for t, (s, e) in enumerate(zip(seg.starts, seg.ends)):
-                extra = f"\t{','.join(kinds[t]) or OTHER}" if annotation else ""
+                extra = f"\t{','.join(kinds[t]) or OTHER}" if kinds is not None else ""
                 fh.write(f"{seg.record}\t{s}\t{e}\t{e - s}{extra}\n")
-    plot_segmentation(segs, regions, out / "token_lengths.png")
-    written = ["tokens.tsv", "token_lengths.png"]
-    if annotation is not None:
-        stats = region_stats(segs, regions)
-        print(f"\n{'region type':<20s}{'regions':>9s}{'bases':>10s}{'tokens':>9s}{'mean len':>10s}{'median len':>12s}")
-        for kind, st in stats.items():
-            mean = f"{st['mean_token_length']:.2f}" if st["tokens"] else "-"
-            median = f"{st['median_token_length']:.1f}" if st["tokens"] else "-"
-            print(f"{kind:<20s}{st['regions'] if st['regions'] is not None else '-':>9}{st['bases']:>10d}"
-                  f"{st['tokens']:>9d}{mean:>10s}{median:>12s}")
+
+
+def segment_to_dir(encoder: MergeDNAModel, fasta, out: str | Path, regions: list[str] | None = None,
+                   annotation: str | Path | None = None, annotation_format: str = "bed", bed_type_column: int = 4,
+                   batch_size: int = 8, progress: bool = False) -> dict:
+    """Segment ``fasta`` (:func:`segment_fasta`) and write ``out/tokens.tsv``, ``out/token_lengths.png`` and,
+    with an ``annotation`` file (BED or GFF3), ``out/region_stats.json``. Returns ``segmentations``,
+    ``regions`` (per segmentation, record coordinates), ``stats`` (:func:`region_stats`, None without
+    annotation), ``written`` (file names in ``out``) and the encoder's ``config``."""
+    segs = segment_fasta(encoder, fasta, regions, batch_size=batch_size, progress=progress)
+    intervals = read_annotation(annotation, annotation_format, bed_type_column) if annotation else None
+    per_seg = [record_regions(intervals, s.record, s.offset + len(s.ids)) if intervals else [] for s in segs]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_tokens(out / "tokens.tsv", segs, per_seg if intervals else None)
+    plot_segmentation(segs, per_seg, out / "token_lengths.png")
+    written, stats = ["tokens.tsv", "token_lengths.png"], None
+    if intervals is not None:
+        cfg = encoder.config
+        stats = region_stats(segs, per_seg)
         write_json_atomic(out / "region_stats.json",
-            {"annotation": str(args.bed or args.gff), "format": "bed" if args.bed else "gff",
-             "token_assignment": "midpoint base (start + end - 1) // 2", "merge_ratio": cfg.merge_ratio,
-             "window": cfg.max_length, "records": [f"{s.record}:{s.offset + 1}-{s.offset + len(s.ids)}" for s in segs],
-             "types": stats})
+                          {"annotation": str(annotation), "format": annotation_format,
+                           "token_assignment": "midpoint base (start + end - 1) // 2", "merge_ratio": cfg.merge_ratio,
+                           "window": cfg.max_length,
+                           "records": [f"{s.record}:{s.offset + 1}-{s.offset + len(s.ids)}" for s in segs],
+                           "types": stats})
         written.append("region_stats.json")
-    print(f"wrote {', '.join(str(out / w) for w in written)}")
-    return 0
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Register ``mergedna segment``."""
-    p = subparsers.add_parser("segment", help="show the learned token boundaries of DNA; token length per "
-                                              "annotated region type")
-    add_model_source(p, model_help="checkpoint directory", preset_help="random weights (plumbing checks only)")
-    p.add_argument("--fasta", required=True, help="FASTA file (plain or gzip)")
-    p.add_argument("--region", action="append", help="RECORD or RECORD:START-END (1-based, inclusive); repeatable")
-    ann = p.add_mutually_exclusive_group()
-    ann.add_argument("--bed", help="BED annotation (0-based half-open)")
-    ann.add_argument("--gff", help="GFF3 annotation (feature type = column 3)")
-    p.add_argument("--bed-type-column", type=int, default=4, help="1-based BED column holding the region type")
-    p.add_argument("--merge-ratio", type=float, help="override the model's merge_ratio (L/N)")
-    p.add_argument("--show", type=int, default=400, help="print the tokens of the first SHOW bases of each record")
-    p.add_argument("--all", action="store_true", help="print every base")
-    p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
-    p.add_argument("--out", required=True, help="output directory")
-    p.set_defaults(func=cmd_segment)
-    return p
+    return {"segmentations": segs, "regions": per_seg, "stats": stats, "written": written, "config": encoder.config}

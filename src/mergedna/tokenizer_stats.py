@@ -39,6 +39,7 @@ import torch.nn.functional as F
 
 from .merging import (Tokens, adjacent_merge_plan, apply_merge, compose_assign, fixed_span_plan, merge_budget,
                       target_lengths)
+from .seqio import pad_batch
 from .vocab import NUM_BASES, PAD
 
 BASELINES = ("untrained", "run_length", "fixed2")
@@ -191,6 +192,14 @@ def flat_row(summary: dict[str, dict], prefix: str = "tok") -> dict[str, float]:
 
 
 @torch.no_grad()
+def window_batches(pieces: list, window: int, batch_size: int):
+    """Non-overlapping windows of ``window`` bases of each id array (as ``mergedna segment`` cuts them, the
+    last one shorter; windows under 2 bases dropped), as PAD-padded (B, N) batches."""
+    windows = [p[s : s + window] for p in pieces for s in range(0, len(p), window) if len(p[s : s + window]) >= 2]
+    for k in range(0, len(windows), batch_size):
+        yield pad_batch(windows[k : k + batch_size])[0]  # (B, N)
+
+
 def diagnose_batches(local_encoder, batches: Iterable[torch.Tensor], ratio, reference=None,
                      reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, dict]:
     """Tokenize each (B, N) PAD-padded batch with ``local_encoder`` (a LocalEncoder, called as
@@ -234,3 +243,27 @@ def validation_row(local_encoder, reference, batches: Iterable[torch.Tensor], ra
         return flat_row(diagnose_batches(local_encoder, batches, ratio, reference, reduce))
     finally:
         local_encoder.train(was)
+
+
+def diagnose_fasta(encoder, reference, fasta, regions: list[str] | None = None, window: int | None = None,
+                   batch_size: int = 8, precision: str = "fp32") -> dict:
+    """:func:`diagnose_batches` of ``encoder`` (a :class:`~mergedna.model.MergeDNAModel`) over the records or
+    ``regions`` of ``fasta``, cut into non-overlapping windows of ``window`` bases (default the model's
+    ``max_length``), ``reference`` (an encoder, e.g. :func:`untrained_encoder`) beside it. Returns
+    ``regions`` (``name:start-end``, 1-based), ``bases``, ``window``, ``merge_ratio`` and ``tokenizers``."""
+    from .precision import autocast
+    from .segment import iter_regions
+
+    cfg = encoder.config
+    window = window or cfg.max_length
+    pieces, names = [], []
+    for name, start, ids in iter_regions(fasta, regions):
+        pieces.append(ids)
+        names.append(f"{name}:{start + 1}-{start + len(ids)}")
+    with torch.no_grad(), autocast(precision):
+        summary = diagnose_batches(encoder.local_encoder, window_batches(pieces, window, batch_size),
+                                   cfg.merge_ratio, reference.local_encoder)
+    if not summary:
+        raise ValueError(f"{fasta}: no window of at least 2 bases in the selected records")
+    return {"regions": names, "bases": sum(map(len, pieces)), "window": window, "merge_ratio": cfg.merge_ratio,
+            "tokenizers": summary}

@@ -34,6 +34,7 @@ reference predictors from INFO (CADD, phyloP) scored the same way beside the mod
 from __future__ import annotations
 
 import csv
+import json
 import os
 import time
 from collections import Counter
@@ -49,7 +50,8 @@ from .data.vcf import BASES, RegionReference, Variant, read_vcf
 from .model import MergeDNAForPretraining
 from .precision import autocast
 from .pretrained import WEIGHTS_NAME
-from .seqio import pad_batch, write_text_atomic
+from .provenance import run_metadata
+from .seqio import pad_batch, write_json_atomic, write_text_atomic
 from .vocab import N, reverse_complement
 
 EDGES = ("shift", "pad")
@@ -347,3 +349,57 @@ def markdown_table(result: dict) -> str:
         kind = "model, −LLR" if src in result["models"] else "INFO"
         lines.append(f"| {src} ({kind}) | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def evaluate_files(scores: list[str | os.PathLike], label: str, positive: list[str], names: list[str] | None = None,
+                   predictors: list[str] = (), group: str | None = None, group_as: dict[str, list[str]] | None = None,
+                   group_rest: str = "other", n_boot: int = 1000, seed: int = 0, command: str | None = None) -> dict:
+    """:func:`evaluate` on ``score-variants`` TSVs (named ``names``, default their stems), with each file's
+    JSON summary (``<file>.json``, None where missing) as ``score_runs``, the files as ``scores`` and
+    :func:`~mergedna.provenance.run_metadata` as ``meta``."""
+    names = list(names or [Path(p).stem for p in scores])
+    if len(names) != len(scores) or len(set(names)) != len(names):
+        raise ValueError("--names needs one distinct name per --scores file")
+    tables = {name: read_scores(path) for name, path in zip(names, scores)}
+    result = evaluate(tables, label, positive, predictors, group, group_as, group_rest, n_boot, seed)
+    runs = {}
+    for name, path in zip(names, scores):
+        side = Path(f"{path}.json")
+        runs[name] = json.loads(side.read_text()) if side.is_file() else None
+    result.update(scores={n: str(Path(p).resolve()) for n, p in zip(names, scores)}, score_runs=runs,
+                  meta=run_metadata(command))
+    return result
+
+
+def results_markdown(result: dict) -> str:
+    """``results.md`` of an :func:`evaluate_files` result: what was scored, the AUROC table, and the provenance
+    of every score file and of the evaluation."""
+    m = result["meta"]
+    lines = [f"# Zero-shot variant effects: AUROC, {result['label']} in {{{', '.join(result['positive'])}}} vs the "
+             "rest", "",
+             f"Score sources: the models' −LLR (lower log P(ALT) − log P(REF) = more damaging) and INFO "
+             f"predictors ({', '.join(result['predictors']) or 'none'}). 95% intervals: stratified bootstrap, "
+             f"{result['n_boot']} resamples, seed {result['bootstrap_seed']}. Column n = positives + negatives with a "
+             f"model score; INFO predictors leave out rows where they are missing.", "", markdown_table(result)]
+    for name, run in result["score_runs"].items():
+        if run:
+            s, rm = run["summary"], run["meta"]
+            src = run["model"].get("checkpoint") or f"preset {run['model']['preset']} random init, seed {run['model']['seed']}"
+            lines.append(f"- {name}: {src}; window {s['window']} ({s['context_bases']} bases), edge {s['edge']}, "
+                         f"mask {s.get('mask', 'token')}, "
+                         f"rc_average {s['rc_average']}, {s['precision']}; {s['scored']} SNVs, "
+                         f"{s['variants_per_s']:.1f} variants/s ({s['model_seconds']:.1f} s in the model, "
+                         f"{rm['machine']['torch_threads']} thread(s)); `{rm['command']}`; {rm['date']}, commit "
+                         f"{rm['git_commit']}{' (dirty)' if rm['git_dirty'] else ''}, {rm['machine']['cpu']}")
+    lines.append(f"- evaluation: `{m['command']}`; {m['date']}, commit {m['git_commit']}"
+                 f"{' (dirty)' if m['git_dirty'] else ''}, {m['machine']['cpu']}")
+    return "\n".join(lines) + "\n"
+
+
+def write_evaluation(result: dict, out: str | os.PathLike) -> list[Path]:
+    """``out/metrics.json`` (the result) and ``out/results.md`` (:func:`results_markdown`), atomically."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "metrics.json", result)
+    write_text_atomic(out / "results.md", results_markdown(result))
+    return [out / "metrics.json", out / "results.md"]

@@ -1,0 +1,132 @@
+"""``mergedna finetune``: :func:`mergedna.finetune.finetune` on a labelled task, then its result printed.
+:func:`add_training_arguments` (the model source and every :class:`~mergedna.finetune.FinetuneSettings`
+field, defaults read from the dataclass) is shared with ``mergedna benchmark``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from ..config import POOLINGS, PRESETS
+from ..data.task_batching import LENGTH_POLICIES
+from ..data.tasks import LAYOUTS
+from ..finetune import DEFAULT_LR, FLATTEN_MAX_LENGTH, METRICS, SWEEP_LRS, FinetuneSettings, finetune
+from ._common import add_merge_ratio, add_option, add_precision, command_line, field_defaults
+
+SETTINGS = field_defaults(FinetuneSettings)
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("finetune", help="fine-tune a classifier on a labelled task, select on dev, "
+                                               "evaluate once on test")
+    p.add_argument("--task", required=True, help="task folder or file")
+    p.add_argument("--layout", choices=["auto", *sorted(LAYOUTS)], default="auto",
+                   help="task layout (default auto: a CSV/TSV or FASTA file, or a folder in GUE, Genomic "
+                        "Benchmarks or NT layout, recognised from its files)")
+    p.add_argument("--sequence-column", help="CSV/TSV sequence column, by name or 0-based index (default: "
+                                             "sequence/seq/dna)")
+    p.add_argument("--label-column", help="CSV/TSV label column, by name or 0-based index (default: label/class/...)")
+    p.add_argument("--out", required=True, help="output folder (a new one, or one holding no run)")
+    p.add_argument("--overwrite", action="store_true", help="--out holds another run: delete its files first")
+    p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    p.add_argument("--sweep", action="store_true",
+                   help="train one model per lr x weight decay (x --sweep-lora-ranks) and keep the best on dev; "
+                        f"lr grid {SWEEP_LRS['pretrained']} from a checkpoint, {SWEEP_LRS['random']} from random init")
+    p.add_argument("--sweep-lora-ranks", type=int, nargs="+", help="LoRA ranks to sweep (0 = full fine-tuning)")
+    p.add_argument("--baselines", nargs="*", choices=("cnn", "kmer"), metavar="NAME",
+                   help="also train references on the same splits and seed: cnn, kmer (no name: both)")
+    add_training_arguments(p)
+    p.set_defaults(func=run)
+    return p
+
+
+def add_training_arguments(p: argparse.ArgumentParser, source_required: bool = True) -> None:
+    """Options shared by ``finetune`` and ``benchmark``: model source and :class:`FinetuneSettings`."""
+    src = p.add_mutually_exclusive_group(required=source_required)
+    src.add_argument("--model", help="checkpoint directory (save_pretrained); the head is new")
+    src.add_argument("--preset", choices=sorted(PRESETS), help="random initialisation (the from-scratch baseline)")
+
+    def a(flag, help=None, **kw):
+        add_option(p, flag, SETTINGS, help, **kw)
+
+    a("--lora-rank", "LoRA rank; 0 = full fine-tuning", type=int)
+    a("--lora-alpha", "LoRA alpha (None: 2 x rank)", type=float)
+    a("--lora-dropout", type=float)
+    a("--lr", f"peak learning rate (None: {DEFAULT_LR['random']:g} from random init, {DEFAULT_LR['pretrained']:g} "
+              "from a checkpoint; paper grid for pretrained models: 1e-5, 5e-5, 1e-4)", type=float)
+    a("--weight-decay", "AdamW weight decay (paper: 0 or 0.01)", type=float)
+    a("--batch-size", type=int)
+    a("--eval-batch-size", "sequences per evaluation batch (None: 2 x batch size)", type=int)
+    a("--epochs", type=float)
+    a("--max-steps", "optimizer steps (wins over --epochs)", type=int)
+    a("--warmup-ratio", "warm-up as a fraction of all steps", type=float)
+    a("--warmup-steps", "warm-up steps (wins over --warmup-ratio)", type=int)
+    a("--schedule", "decay after warm-up", choices=("linear", "cosine"))
+    a("--eval-every", "steps between dev evaluations (None: ~10 per run)", type=int)
+    a("--patience", "stop after this many dev evaluations without improvement (0 = never stop early)", type=int)
+    a("--select-metric", "dev metric for selection", choices=METRICS)
+    a("--clip", "gradient-norm clip (0 = off)", type=float)
+    add_precision(p, SETTINGS["precision"])
+    a("--compile", "torch.compile each transformer block (~1.25x on short sequences, ~40 s to compile)",
+      action="store_true")
+    a("--length-policy", "sequences longer than the model's max_length: error, truncate (centre) or chunk",
+      choices=LENGTH_POLICIES)
+    a("--max-length", "override the model's max_length", type=int)
+    add_merge_ratio(p)
+    a("--pooling", "sequence head: mean (the paper's), cls (a CLS token that never merges), attention (with "
+                   "absolute positions), flatten (per-base features flattened); auto: flatten when all training "
+                   f"sequences have one length <= {FLATTEN_MAX_LENGTH}, else cls", choices=("auto", *POOLINGS))
+    a("--dev-fraction", "share carved for dev when needed", type=float)
+    a("--split-seed", "seed of carved splits (fixed across seeds)", type=int)
+    a("--train-on-dev", "train on dev when a task has no train split (result marked not comparable)",
+      action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def settings_from_args(args) -> dict:
+    """:class:`FinetuneSettings` keyword arguments from parsed :func:`add_training_arguments` options."""
+    names = {f.name for f in dataclasses.fields(FinetuneSettings)} - {"patience"}
+    kwargs = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    kwargs["patience"] = args.patience or None
+    return kwargs
+
+
+def format_metrics(metrics: dict) -> str:
+    return "  ".join(f"{k} {metrics[k]:.4f}" if metrics[k] is not None else f"{k} n/a" for k in METRICS)
+
+
+def finetune_kwargs(args) -> dict:
+    """The keyword arguments of :func:`mergedna.finetune.finetune` for parsed ``finetune`` options."""
+    columns = {k: int(v) if v.isdigit() else v for k, v in (("sequence_column", args.sequence_column),
+                                                             ("label_column", args.label_column)) if v is not None}
+    baselines = ["cnn", "kmer"] if args.baselines == [] else args.baselines or ()
+    return dict(task=args.task, out=args.out, model=args.model, preset=args.preset, layout=args.layout,
+                seed=args.seed, progress=not args.no_progress, overwrite=args.overwrite, task_options=columns,
+                baselines=tuple(baselines), sweep=args.sweep, sweep_lora_ranks=args.sweep_lora_ranks,
+                **settings_from_args(args))
+
+
+def print_result(result: dict) -> None:
+    task = result["task"]
+    print(f"task {task['name']}: train {task['sizes']['train']}, dev {task['sizes']['dev']}, "
+          f"test {task['sizes']['test']} (dev: {task['dev_source']})")
+    if not task["comparable"]:
+        print(f"NOT COMPARABLE with published numbers: {task['reason']}")
+    if "sweep" in result:
+        for t in result["sweep"]["trials"]:
+            print(f"  sweep lr {t['lr']:g} weight decay {t['weight_decay']:g} LoRA rank {t['lora_rank']}: "
+                  f"best dev {result['sweep']['select_metric']} {t['best_dev'][result['sweep']['select_metric']]:.4f}")
+        print(f"selected on dev: {result['sweep']['selected']}")
+    print(f"best dev step {result['best_step']} of {result['steps']}"
+          f"{' (stopped early)' if result['stopped_early'] else ''}: {format_metrics(result['best_dev'])}")
+    print(f"test (evaluated once): {format_metrics(result['test'])}  [{result['seconds']:.0f} s]")
+    for name, r in result.get("baselines", {}).items():
+        print(f"baseline {name} ({r['label']}), same splits, dev-selected: test {format_metrics(r['test'])}  "
+              f"[{r['seconds']:.0f} s]")
+
+
+def run(args) -> int:
+    result = finetune(command=command_line(), **finetune_kwargs(args))
+    print_result(result)
+    print(f"wrote {args.out}/metrics.json, model/, dev_curve.png, test_predictions.tsv")
+    return 0
