@@ -20,7 +20,7 @@ Training: full fine-tuning, or LoRA (``lora_rank > 0``, via ``peft``) on the att
 frozen and the head trained; the adapters are merged into the weights before the test
 evaluation and the save, so the saved checkpoint is a plain one. AdamW (weight decay on matrices
 only), linear warm-up then linear or cosine decay, gradient clipping, and ``precision="auto"``: bf16
-autocast where the CPU multiplies bf16 natively, fp32 elsewhere (:mod:`mergedna.precision`; the
+autocast where bf16 is native and measured faster than fp32, fp32 elsewhere (:mod:`mergedna.precision`; the
 run's ``metrics.json`` records which).
 
 Output directory (a new folder or one holding no run, :mod:`mergedna.runs`): ``run.json`` (written

@@ -1,7 +1,7 @@
 """The pretraining loop: plain PyTorch, resumable, DDP-ready.
 
 ``pretrain(TrainConfig)`` samples genome windows, runs the objectives of
-:mod:`mergedna.objectives` under bf16 autocast (where the device multiplies bf16 natively, else fp32:
+:mod:`mergedna.objectives` under bf16 autocast (where bf16 is native and measured faster than fp32, else fp32:
 :mod:`mergedna.precision`), steps AdamW (β 0.9/0.95) with warm-up and
 cosine decay, clips gradients, accumulates, validates on the held-out part, logs every loss
 part to ``metrics.jsonl`` and a PNG, and writes atomic checkpoints. Each step's data and
@@ -71,7 +71,7 @@ class TrainConfig:
     weight_decay: float = 1e-8  # paper value
     betas: tuple[float, float] = (0.9, 0.95)
     clip: float = 1.0
-    bf16: bool | None = None  # None: bf16 autocast where the device has native bf16 (mergedna.precision)
+    bf16: bool | None = None  # None: precision "auto" (bf16 where native and measured faster; mergedna.precision)
     compile: bool = False
     # recompute block activations in backward (far less memory, ~1/3 more compute); None: on exactly when the
     # start-up estimate of activations + model state exceeds the device's memory (training/memory.py)
