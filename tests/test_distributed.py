@@ -239,3 +239,22 @@ def test_two_process_fsdp_gradients_match_one_process(tmp_path, chr20, accumulat
             (objective(rows, step_generator(0, 7 + m, rank))["loss"] / (2 * micro)).backward()
     for name, p in model.named_parameters():
         assert torch.allclose(p.grad, fsdp[name], atol=1e-6, rtol=1e-4), name
+
+
+def _agree_worker(rank, world, init_file, result_file):
+    from mergedna.training import distributed as D
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    info = D.DistInfo(rank=rank, world_size=world, local_rank=rank, grouped=True)
+    # rank 0 measured bf16 faster, rank 1 did not (a noisy probe on a loaded machine)
+    agreed = [D.agree_bf16(rank == 0, info), D.agree_bf16(True, info), D.agree_bf16(False, info)]
+    dist.destroy_process_group()
+    Path(result_file + f".{rank}").write_text(json.dumps(agreed))
+
+
+def test_ranks_agree_on_one_precision(tmp_path):
+    """Precision auto is measured per process; ranks that disagreed all-gathered bf16 and fp32 FSDP
+    shards of different sizes and aborted (seen in the torchrun test). They now agree: bf16 only if all chose it."""
+    res = str(tmp_path / "agree")
+    torch.multiprocessing.spawn(_agree_worker, args=(2, str(tmp_path / "init"), res), nprocs=2)
+    assert [json.loads(Path(res + f".{r}").read_text()) for r in range(2)] == [[False, True, False]] * 2

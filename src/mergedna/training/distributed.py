@@ -143,6 +143,14 @@ def _all_reduce(values: torch.Tensor, info: DistInfo, op) -> torch.Tensor:
     return values
 
 
+def agree_bf16(bf16: bool, info: DistInfo) -> bool:
+    """One precision for every rank: bf16 only if every rank chose it. Precision ``auto`` measures
+    bf16 against fp32 in each process, and on a loaded machine two ranks can measure differently;
+    ranks that disagree would all-gather bf16 and fp32 shards of different sizes and abort."""
+    fp32_votes = all_reduce_max(torch.tensor([0 if bf16 else 1]), info)
+    return bool(fp32_votes.item() == 0)
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()

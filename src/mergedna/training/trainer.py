@@ -215,7 +215,8 @@ def setup_run(cfg: TrainConfig) -> Run:
     samplers, build the model (with the latest checkpoint's weights on ``resume``), wrap it for the
     strategy, build the optimiser, and record the resolved config in ``run_config.json``."""
     info = D.init_distributed(cfg.device)
-    cfg = dataclasses.replace(cfg, bf16=resolve(cfg.bf16, info.device) == "bf16")  # run_config records what ran
+    # run_config records what ran; the ranks agree on it (each one's "auto" is a measurement)
+    cfg = dataclasses.replace(cfg, bf16=D.agree_bf16(resolve(cfg.bf16, info.device) == "bf16", info))
     out = Path(cfg.out)
     obj_cfg = ObjectiveConfig(**cfg.objective)
     if not cfg.fasta:
