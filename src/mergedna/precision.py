@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
+import os
 import time
 import warnings
+from pathlib import Path
 
 import torch
 
@@ -39,27 +42,62 @@ def bf16_is_native(device_type: str = "cpu") -> bool:
     return False
 
 
+def probe_cache_path() -> Path:
+    """Where the measured ratio is kept: ``$MERGEDNA_PRECISION_CACHE``, else ``~/.cache/mergedna/precision.json``."""
+    return Path(os.environ.get("MERGEDNA_PRECISION_CACHE") or Path.home() / ".cache" / "mergedna" / "precision.json")
+
+
 @functools.lru_cache(maxsize=None)
 def bf16_speedup(device_type: str = "cpu") -> float:
-    """Measured bf16 / fp32 matmul throughput on ``device_type`` at :data:`PROBE_SHAPE`, alternating, best of 5 each,
-    once per process (0.0 where bf16 is not native: the probe would take seconds). CUDA: not probed (inf)."""
+    """bf16 / fp32 matmul throughput on ``device_type`` (0.0 where bf16 is not native: the probe would take
+    seconds; CUDA: not probed, inf). Measured once per machine and torch version, then read back from
+    :func:`probe_cache_path`, so every process on a machine (the ranks of a run, a run and its resume)
+    makes the same choice; a fresh measurement on a loaded machine could otherwise tip either way."""
     if not bf16_is_native(device_type):
         return 0.0
     if device_type != "cpu":
         return float("inf")
-    m, k, n = PROBE_SHAPE
-    gen = torch.Generator().manual_seed(0)
-    a32, b32 = torch.randn(m, k, generator=gen), torch.randn(k, n, generator=gen)
-    pairs = {torch.float32: (a32, b32), torch.bfloat16: (a32.bfloat16(), b32.bfloat16())}
-    best = {dtype: float("inf") for dtype in pairs}
-    for dtype, (a, b) in pairs.items():
-        a @ b  # warm-up: kernel selection
-    for _ in range(5):  # alternating, best of 5 each: a slow spell on a shared machine hits both
+    from .provenance import cpu_model
+
+    key = f"{cpu_model()} | torch {torch.__version__}"
+    path = probe_cache_path()
+    try:
+        cached = json.loads(path.read_text())
+        if key in cached:
+            return float(cached[key])
+    except (OSError, ValueError):
+        cached = {}
+    ratio = _measure_bf16_speedup()
+    try:  # atomic: a concurrent reader sees the old file or the new one
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({**cached, key: ratio}, indent=1))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only home: measure again next time
+    return ratio
+
+
+def _measure_bf16_speedup() -> float:
+    """fp32 time / bf16 time of one :data:`PROBE_SHAPE` matmul on one thread, alternating, best of 5 each."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        m, k, n = PROBE_SHAPE
+        gen = torch.Generator().manual_seed(0)
+        a32, b32 = torch.randn(m, k, generator=gen), torch.randn(k, n, generator=gen)
+        pairs = {torch.float32: (a32, b32), torch.bfloat16: (a32.bfloat16(), b32.bfloat16())}
+        best = {dtype: float("inf") for dtype in pairs}
         for dtype, (a, b) in pairs.items():
-            t0 = time.perf_counter()
-            a @ b
-            best[dtype] = min(best[dtype], time.perf_counter() - t0)
-    return best[torch.float32] / max(best[torch.bfloat16], 1e-9)
+            a @ b  # warm-up: kernel selection
+        for _ in range(5):  # alternating, best of 5 each: a slow spell on a shared machine hits both
+            for dtype, (a, b) in pairs.items():
+                t0 = time.perf_counter()
+                a @ b
+                best[dtype] = min(best[dtype], time.perf_counter() - t0)
+        return best[torch.float32] / max(best[torch.bfloat16], 1e-9)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def bf16_pays(device_type: str = "cpu") -> bool:
