@@ -52,7 +52,8 @@ def test_classification_metrics_known_values():
     labels = np.array([0, 1, 1, 0])
     perfect = np.eye(2)[labels]
     m = classification_metrics(labels, perfect)
-    assert m == {"mcc": 1.0, "accuracy": 1.0, "f1": 1.0, "auroc": 1.0}
+    assert m == {"mcc": 1.0, "accuracy": 1.0, "f1": 1.0, "predicted_classes": 2, "auroc": 1.0}
+    assert classification_metrics(labels, np.tile([0.6, 0.4], (4, 1)))["predicted_classes"] == 1
     wrong = np.eye(2)[1 - labels]
     assert classification_metrics(labels, wrong)["mcc"] == -1.0
     three = np.full((3, 3), 1 / 3)
@@ -81,6 +82,26 @@ def test_finetune_from_preset_writes_metrics_and_tests_once(tmp_path, monkeypatc
     assert reloaded.config.label_names == ["0", "1", "2"]
     with open(out / "test_predictions.tsv") as fh:
         assert len(list(csv.DictReader(fh, delimiter="\t"))) == 6
+
+
+def test_a_run_that_predicts_one_class_at_every_dev_evaluation_says_it_did_not_learn(tmp_path, monkeypatch, capsys):
+    """The collapse of from-scratch GUE runs (MCC 0 because one class is predicted) is flagged, not
+    reported as a score: in metrics.json and on the console. One dev evaluation with two classes clears it."""
+    real = finetune_mod.evaluate
+
+    def one_class(model, loader, split, precision="auto", name="eval", progress=False):
+        out = real(model, loader, split, precision, name, progress)
+        probs = np.tile([0.9] + [0.1 / (out["probs"].shape[1] - 1)] * (out["probs"].shape[1] - 1), (len(split), 1))
+        return {**out, **finetune_mod.classification_metrics(split.labels, probs), "probs": probs}
+
+    monkeypatch.setattr(finetune_mod, "evaluate", one_class)
+    result = finetune(SPLICE3, tmp_path / "run", preset="tiny", **QUICK)
+    assert len(result["warnings"]) == 1 and "did not learn" in result["warnings"][0]
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["warnings"] == result["warnings"]
+    finetune_cmd.print_result(result)
+    assert "WARNING: the model predicted a single class at all 2 dev evaluations" in capsys.readouterr().out
+    learned = {"dev_curve": [{"dev": {"predicted_classes": 1}}, {"dev": {"predicted_classes": 2}}]}
+    assert finetune_mod.training_warnings(learned) == []
 
 
 def test_finetune_cli_from_checkpoint(tmp_path, checkpoint, capsys):

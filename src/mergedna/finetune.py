@@ -132,7 +132,8 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray) -> dict:
 
     pred = probs.argmax(1)
     out = {"mcc": float(matthews_corrcoef(labels, pred)), "accuracy": float(accuracy_score(labels, pred)),
-           "f1": float(f1_score(labels, pred, average="macro", labels=np.arange(probs.shape[1]), zero_division=0))}
+           "f1": float(f1_score(labels, pred, average="macro", labels=np.arange(probs.shape[1]), zero_division=0)),
+           "predicted_classes": int(len(np.unique(pred)))}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UndefinedMetricWarning)
@@ -340,6 +341,18 @@ def fit(model, train_loader, evaluate_dev, settings: FinetuneSettings, progress:
             "sequences_per_s": round(seen / max(train_seconds, 1e-9), 1)}
 
 
+def training_warnings(history: dict) -> list[str]:
+    """What a reader of the result must know before trusting it. Today one case: every dev evaluation
+    predicted a single class, i.e. the model never left the class prior (the collapse of from-scratch
+    runs on GUE, results/finetune_small_scratch/diagnostic_collapse). Its MCC of 0 is then not a score."""
+    curve = history.get("dev_curve") or []
+    if curve and all(row["dev"].get("predicted_classes") == 1 for row in curve):
+        return [f"the model predicted a single class at all {len(curve)} dev evaluations: it did not learn "
+                "(loss stayed near the class prior). From random init try a lower lr (e.g. 1e-4) or more "
+                "steps; see docs/finetuning.md, 'When the model does not learn'"]
+    return []
+
+
 def plot_dev_curve(result: dict, path: str | os.PathLike) -> None:
     """PNG of the dev selection metric (and accuracy) and the train loss against the step."""
     import matplotlib
@@ -485,7 +498,7 @@ def finetune(task, out: str | os.PathLike | None = None, *, model: str | os.Path
         "model": {**source, "config": classifier.config.to_dict(), "parameters": classifier.num_parameters(),
                   "trainable_parameters": trainable, "mode": "lora" if lora_rank > 0 else "full"},
         "settings": dataclasses.asdict(FinetuneSettings(**given)), "seed": seed, **run_metadata(command), **history,
-        "test": test, "test_evaluations": 1, "seconds": seconds}
+        "test": test, "test_evaluations": 1, "seconds": seconds, "warnings": training_warnings(history)}
     if sweep:
         result["sweep"] = {"selected": point, "select_metric": settings.select_metric, "trials": trials}
     if reference:

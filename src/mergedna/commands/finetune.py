@@ -120,6 +120,8 @@ def print_result(result: dict) -> None:
     print(f"best dev step {result['best_step']} of {result['steps']}"
           f"{' (stopped early)' if result['stopped_early'] else ''}: {format_metrics(result['best_dev'])}")
     print(f"test (evaluated once): {format_metrics(result['test'])}  [{result['seconds']:.0f} s]")
+    for warning in result.get("warnings", []):
+        print(f"WARNING: {warning}")
     for name, r in result.get("baselines", {}).items():
         print(f"baseline {name} ({r['label']}), same splits, dev-selected: test {format_metrics(r['test'])}  "
               f"[{r['seconds']:.0f} s]")
