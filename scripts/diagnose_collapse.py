@@ -18,7 +18,8 @@ import time
 import numpy as np
 import torch
 
-from mergedna.config import POOLINGS, preset
+from mergedna.config import POOLINGS
+from mergedna.config import preset as preset_config
 from mergedna.data.task_batching import collate_labelled
 from mergedna.data.tasks import load_task
 from mergedna.heads import MergeDNAForSequenceClassification
@@ -27,14 +28,14 @@ from mergedna.seqio import write_json_atomic
 from mergedna.training.optim import adamw, lr_factor, param_groups
 
 
-def probe(task_path: str, preset_name: str, pooling: str, lr: float, steps: int, batch_size: int, warmup: int,
+def probe(task: str, preset: str, pooling: str, lr: float, steps: int, batch_size: int, warmup: int,
           clip: float, seed: int, every: int) -> list[dict]:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    task = load_task(task_path)
-    train = task.splits.get("train") or task.splits["all"]
+    loaded = load_task(task)
+    train = loaded.splits.get("train") or task.splits["all"]
     length = int(train.lengths.max())
-    config = preset(preset_name, num_labels=task.num_classes, pooling=pooling, cls_token=pooling == "cls",
+    config = preset_config(preset, num_labels=loaded.num_classes, pooling=pooling, cls_token=pooling == "cls",
                     pool_length=length if pooling in ("attention", "flatten") else None)
     model = MergeDNAForSequenceClassification(config).train()
     optimizer = adamw(param_groups(model.named_parameters(), 0.01), lr=lr)
@@ -73,7 +74,7 @@ def main() -> None:
     p.add_argument("--out", help="also write the rows and settings to this JSON file")
     args = p.parse_args()
     settings = {k: v for k, v in vars(args).items() if k != "out"}
-    rows = probe(**{k: v for k, v in settings.items()})
+    rows = probe(**settings)
     if args.out:
         write_json_atomic(args.out, {"settings": settings, "rows": rows, **run_metadata()})
 
