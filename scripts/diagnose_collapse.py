@@ -33,7 +33,7 @@ def probe(task: str, preset: str, pooling: str, lr: float, steps: int, batch_siz
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     loaded = load_task(task)
-    train = loaded.splits.get("train") or task.splits["all"]
+    train = loaded.splits["train"] if "train" in loaded.splits else loaded.splits["all"]
     length = int(train.lengths.max())
     config = preset_config(preset, num_labels=loaded.num_classes, pooling=pooling, cls_token=pooling == "cls",
                     pool_length=length if pooling in ("attention", "flatten") else None)
