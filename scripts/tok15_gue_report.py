@@ -37,19 +37,25 @@ def main(root: Path) -> str:
         cells = []
         for arm in ARMS:
             runs = results.get(arm, {}).get("runs", [])
-            flat = []
-            for r in runs:
-                metrics = json.loads((Path(r["dir"]) / "metrics.json").read_text())
-                flat.append(f"{metrics['steps']} steps" + (", one class" if metrics.get("warnings") else ""))
-            cells.append(f"{cell([r['test']['mcc'] for r in runs])} ({'; '.join(flat)})" if runs else "–")
-        any_result = next(iter(results.values()))
-        for name in BASELINES:
-            cells.append(cell([r["test"]["mcc"] for r in any_result.get("baseline_runs", {}).get(name, [])]))
+            if not runs:
+                cells.append("–")
+                continue
+            metrics = [json.loads((Path(r["dir"]) / "metrics.json").read_text()) for r in runs]
+            steps = sorted({m["steps"] for m in metrics})
+            stuck = sum(bool(m.get("warnings")) for m in metrics)
+            note = "/".join(map(str, steps)) + " steps" + (f", {stuck}/{len(runs)} one class" if stuck else "")
+            cells.append(f"{cell([r['test']['mcc'] for r in runs])} ({note})")
+        for name in BASELINES:  # the same split and seed give the same reference: one per seed, from any arm
+            by_seed = {}
+            for r in results.values():
+                for b in r.get("baseline_runs", {}).get(name, []):
+                    by_seed.setdefault(b["seed"], b["test"]["mcc"])
+            cells.append(cell(list(by_seed.values())))
         rows.append(f"| {task} | " + " | ".join(cells) + " |")
         meta += [f"- {task} / {arm}: `{r['meta']['command']}`; {r['meta']['date']}; commit "
                  f"{r['meta']['git_commit'][:7]}{' (dirty)' if r['meta']['git_dirty'] else ''}"
                  for arm, r in results.items()]
-    head = ("| task (test MCC × 100) | tok15 learned | tok15 detached | tok15 fixed | tiny from scratch | CNN | k-mer |\n"
+    head = ("| task (test MCC × 100; mean ± sd where 3 seeds) | tok15 learned | tok15 detached | tok15 fixed | tiny from scratch | CNN | k-mer |\n"
             "|---|---|---|---|---|---|---|")
     text = head + "\n" + "\n".join(rows) + "\n\nProvenance:\n" + "\n".join(meta) + "\n"
     write_text_atomic(root / "table.md", text)
