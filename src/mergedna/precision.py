@@ -27,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+from .seqio import write_json_atomic
+
 PRECISIONS = ("auto", "bf16", "fp32")
 MIN_SPEEDUP = 1.2  # bf16 must beat fp32 by this much on the probe: autocast's casts cost the rest
 PROBE_SHAPE = (1024, 256, 1024)  # (m, k, n): a block projection of a short-sequence batch
@@ -69,10 +71,7 @@ def bf16_speedup(device_type: str = "cpu") -> float:
         cached = {}
     ratio = _measure_bf16_speedup()
     try:  # atomic: a concurrent reader sees the old file or the new one
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({**cached, key: ratio}, indent=1))
-        os.replace(tmp, path)
+        write_json_atomic(path, {**cached, key: ratio})
     except OSError:
         pass  # a read-only home: measure again next time
     return ratio
