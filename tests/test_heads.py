@@ -8,7 +8,7 @@ from mergedna.heads import MergeDNAForSequenceClassification
 
 from mergedna_testing import batch_from
 
-POOLINGS = ("mean", "cls", "attention", "flatten")
+POOLINGS = ("mean", "cls", "attention", "flatten", "mean_flatten")
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -49,7 +49,7 @@ def test_cls_token_never_merges_and_leaves_token_outputs_in_shape(chr20):
         preset("tiny", pooling="cls")
 
 
-@pytest.mark.parametrize("pooling", ("attention", "flatten", "mean"))
+@pytest.mark.parametrize("pooling", ("attention", "flatten", "mean", "mean_flatten"))
 def test_position_aware_heads_see_where_a_feature_sits(pooling):
     """The same token vectors moved to other bases: the mean head gives the same vector (it cannot
     know where anything was), the position-aware heads do not."""
@@ -69,6 +69,23 @@ def test_position_aware_heads_see_where_a_feature_sits(pooling):
 
     same = torch.allclose(pooled(z), pooled(torch.roll(z, 16, dims=1)), atol=1e-5)
     assert same == (pooling == "mean")
+
+
+def test_mean_flatten_is_the_sum_of_its_two_paths():
+    """mean_flatten = the paper's mean over bases + the flatten head's vector, from the same weights."""
+    from mergedna.model import MergeDNAEncoderOutput
+
+    both, flat = classifier("mean_flatten").pooler, classifier("flatten").pooler
+    flat.load_state_dict(both.state_dict())
+    torch.manual_seed(2)
+    z, ones = torch.randn(2, 40, 64), torch.ones(2, 40, dtype=torch.bool)
+    sizes = torch.randint(1, 4, (2, 40)).float()
+    assign = torch.repeat_interleave(torch.arange(40), 2)[None].expand(2, 80)
+    enc = MergeDNAEncoderOutput(last_hidden_state=z, token_mask=ones, token_sizes=sizes, assign=assign,
+                                base_mask=torch.ones(2, 80, dtype=torch.bool), local=None)
+    mean = (z * sizes[..., None]).sum(1) / sizes.sum(1, keepdim=True)
+    with torch.no_grad():
+        torch.testing.assert_close(both(enc), flat(enc) + mean)
 
 
 def test_pooling_settings_survive_save_and_load(tmp_path, chr20):

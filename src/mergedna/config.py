@@ -15,7 +15,7 @@ from dataclasses import dataclass
 MERGE_SCOPES = ("sequence", "window")
 MERGE_GRADS = ("relaxed", "none")
 TOKENIZERS = ("learned", "none", "fixed")
-POOLINGS = ("mean", "cls", "attention", "flatten")
+POOLINGS = ("mean", "cls", "attention", "flatten", "mean_flatten")
 
 
 _TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "list": (list,), "dict": (dict,),
@@ -61,7 +61,7 @@ class MergeDNAConfig:
     # sequence head (heads.py): "mean" (the paper's size-weighted mean over bases), "cls" (a learned
     # token that never merges, prepended to the Local Encoder's output; needs cls_token), "attention"
     # (attention pooling over bases with a learned absolute-position term), "flatten" (per-base features
-    # flattened into a linear layer: fixed-length tasks of at most pool_length bases)
+    # flattened into a linear layer: fixed-length tasks of at most pool_length bases), "mean_flatten" (their sum)
     pooling: str = "mean"
     cls_token: bool = False  # MergeDNAModel prepends a learned CLS token to the Latent Encoder's input
     pool_length: int | None = None  # bases the "attention"/"flatten" heads cover (default max_length)

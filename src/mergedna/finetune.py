@@ -210,7 +210,7 @@ def build_model(task: Task, model: str | os.PathLike | None, preset: str | None,
         pooling = default_pooling(train) if train is not None else "cls"
     if pooling is not None:
         overrides.update(pooling=pooling, cls_token=pooling == "cls")
-        if pooling in ("attention", "flatten") and train is not None:
+        if pooling in ("attention", "flatten", "mean_flatten") and train is not None:
             overrides["pool_length"] = int(train.lengths.max())
     if model is not None:
         # the head is always new, also on a fine-tuned model; the decoders of a pretraining checkpoint are dropped;

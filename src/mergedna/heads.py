@@ -6,7 +6,8 @@
   token that never merges (``config.cls_token``, see :class:`~mergedna.model.MergeDNAModel`);
   ``attention``, attention pooling over bases (tokens un-merged by ``assign``) with a learned
   absolute-position term; ``flatten``, per-base features projected to a few channels and flattened
-  into a linear layer, as the supervised CNN baselines do. The last two see where in the input a
+  into a linear layer, as the supervised CNN baselines do; ``mean_flatten``, the sum of ``mean`` and
+  ``flatten`` (a composition path and a position path). The last three see where in the input a
   feature sits, which rotary positions and mean pooling do not (issue 14); they cover
   ``config.pool_length`` bases (bases beyond it: the position term is clamped, flatten drops them).
 * Base level: the Local Decoder is kept (un-merge + local attention over bases) and a
@@ -63,7 +64,7 @@ class SequencePooler(nn.Module):
             self.pos = nn.Embedding(self.length, D)  # absolute base position
             self.query = nn.Linear(D, POOL_HEADS, bias=False)
             self.out = nn.Linear(POOL_HEADS * D, D)
-        elif self.kind == "flatten":
+        elif self.kind in ("flatten", "mean_flatten"):
             self.proj = nn.Linear(D, FLATTEN_CHANNELS)
             self.out = nn.Linear(self.length * FLATTEN_CHANNELS, D)
 
@@ -84,7 +85,10 @@ class SequencePooler(nn.Module):
             return self.out(pooled.reshape(B, POOL_HEADS * D))
         feats = self.proj(x) * mask[..., None]  # (B, N, c), zero on padding
         feats = F.pad(feats[:, : self.length], (0, 0, 0, max(0, self.length - N)))  # (B, length, c)
-        return self.out(feats.reshape(B, -1))
+        flat = self.out(feats.reshape(B, -1))
+        if self.kind == "mean_flatten":  # both paths: composition (mean) and position (flatten)
+            return pool_bases(enc.last_hidden_state, enc.token_sizes, enc.token_mask).to(flat.dtype) + flat
+        return flat
 
 
 class MergeDNAForSequenceClassification(MergeDNAPreTrainedModel):

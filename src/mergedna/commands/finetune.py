@@ -74,7 +74,7 @@ def add_training_arguments(p: argparse.ArgumentParser, source_required: bool = T
     a("--max-length", "override the model's max_length", type=int)
     add_merge_ratio(p)
     a("--pooling", "sequence head: mean (the paper's), cls (a CLS token that never merges), attention (with "
-                   "absolute positions), flatten (per-base features flattened); auto: flatten when all training "
+                   "absolute positions), flatten (per-base features flattened), mean_flatten (the sum of mean and flatten); auto: flatten when all training "
                    f"sequences have one length <= {FLATTEN_MAX_LENGTH}, else cls", choices=("auto", *POOLINGS))
     a("--dev-fraction", "share carved for dev when needed", type=float)
     a("--split-seed", "seed of carved splits (fixed across seeds)", type=int)
