@@ -3,9 +3,10 @@
 # MergeDNA `tiny` from random initialisation, one run per (task, head, seed), the same recipe for
 # every head; selection on dev only, one test evaluation per run. Heads: mean (the paper's
 # size-weighted mean over bases), cls (a CLS token that never merges), attention (attention pooling
-# over bases with a learned absolute-position term), flatten (per-base features flattened).
+# over bases with a learned absolute-position term), flatten (per-base features flattened),
+# mean_flatten (the sum of mean and flatten).
 #   usage: bash scripts/position_heads.sh [DATA_DIR] [SEEDS] [TASKS...]
-#   env: HEADS (default "mean cls attention flatten"), GUE_EPOCHS (3)
+#   env: HEADS (default "mean cls attention flatten mean_flatten"), GUE_EPOCHS (3)
 #   tasks: "splice" (UCI splice, embedded, 80/10/10 split) or GUE task folders (mouse/0 ...)
 # Runs already finished (metrics.json present) are kept; the summary is rebuilt at the end.
 set -euo pipefail
@@ -24,7 +25,7 @@ for task in "${TASKS[@]}"; do
     src=(--task "$DATA/gue/$task" --layout gue); epochs=${GUE_EPOCHS:-3}
   fi
   for seed in $SEEDS; do
-    for head in ${HEADS:-mean cls attention flatten}; do
+    for head in ${HEADS:-mean cls attention flatten mean_flatten}; do
       dir="$OUT/runs/$task/$head/seed$seed"
       [ -f "$dir/metrics.json" ] && continue
       nice -n 10 "$PY" -m mergedna.cli finetune "${src[@]}" --preset tiny --pooling "$head" --seed "$seed" \
