@@ -174,6 +174,22 @@ def test_early_stopping_restores_best_dev_weights():
     assert not all(torch.equal(final[k], snapshots[3][k]) for k in final)
 
 
+def test_evaluations_at_the_class_prior_do_not_use_up_patience():
+    """A slow starter predicts one class for its first evaluations; early stopping must wait for it."""
+    torch.manual_seed(0)
+    model = MergeDNAForSequenceClassification(preset("tiny", num_labels=3))
+    loader = make_dataloader(load_gue_task(SPLICE3)["train"], 4, 1024)
+    dev = iter([(0.0, 1), (0.0, 1), (0.0, 1), (0.4, 3), (0.3, 3), (0.2, 3), (0.9, 3)])
+
+    def scripted_dev(m):
+        mcc, classes = next(dev)
+        return {"mcc": mcc, "predicted_classes": classes}
+
+    settings = FinetuneSettings(max_steps=7, eval_every=1, patience=2, lr=1e-3, precision="fp32")
+    history = fit(model, loader, scripted_dev, settings, progress=False)
+    assert history["stopped_early"] and history["steps"] == 6 and history["best_step"] == 4
+
+
 def test_task_without_train_needs_train_on_dev(tmp_path):
     with pytest.raises(TaskSetupError, match="--train-on-dev"):
         finetune(GUE_FIX / "no_train", None, preset="tiny", **QUICK)

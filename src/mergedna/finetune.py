@@ -83,7 +83,9 @@ class TaskSetupError(ValueError):
 class FinetuneSettings:
     """Hyperparameters of one run. ``max_steps`` (when set) wins over ``epochs``; ``eval_every``
     None means about ten evaluations per run and at least one per epoch; ``patience`` None turns
-    early stopping off (the best-on-dev weights are still restored)."""
+    early stopping off (the best-on-dev weights are still restored). Patience counts only dev
+    evaluations that predicted more than one class: a from-scratch run may sit at the class prior for
+    its first evaluations before it starts to learn (results/position_heads, GUE tf/0)."""
 
     lr: float | None = None  # None: DEFAULT_LR for the model's init (random or pretrained)
     weight_decay: float = 0.01
@@ -321,8 +323,8 @@ def fit(model, train_loader, evaluate_dev, settings: FinetuneSettings, progress:
                     best_state = [p.detach().clone() for _, p in trainable]
                     if on_best is not None:
                         on_best(model, step, dev)
-                else:
-                    bad += 1
+                elif dev.get("predicted_classes", 2) > 1:  # a run still at the class prior has not started
+                    bad += 1                                  # to learn: its evaluations do not use up patience
                     stopped_early = settings.patience is not None and bad >= settings.patience
                 bar.set_postfix(loss=f"{curve[-1]['train_loss']:.4f}",
                                 **{f"dev_{settings.select_metric}": f"{score:.3f}"})
