@@ -4,7 +4,8 @@
 #
 #   usage: bash scripts/finetune_small_scratch.sh TASK[:MAX_STEPS] ...
 #          e.g. splice mouse/0:600 prom/prom_300_tata:150 tf/0:300 prom/prom_core_notata:300
-#   env:   DATA (../shared/data), SEEDS (3), PRESET (small), OUT (results/finetune_small_scratch),
+#   env:   DATA (../shared/data), SEEDS (3), FIRST_SEED (0), PRESET (small), POOLING (auto),
+#          OUT (results/finetune_small_scratch), BASELINES ("cnn kmer"; empty: none),
 #          EVAL_EVERY (100: dev evaluations every that many steps on step-capped tasks)
 #
 # `splice` is the embedded UCI splice set (the default recipe: 10 epochs, early stopping on dev);
@@ -22,7 +23,8 @@ export OMP_NUM_THREADS=1 PYTHONPATH="$PWD/src"
 for spec in "$@"; do
   task="${spec%%:*}"; steps=""; [ "$spec" != "$task" ] && steps="${spec##*:}"
   name="${task//\//_}"
-  extra=(--seeds "$SEEDS" --precision fp32 --no-progress --preset "$PRESET" --out "$OUT/$name")
+  extra=(--seeds "$SEEDS" --first-seed "${FIRST_SEED:-0}" --precision fp32 --no-progress --preset "$PRESET"
+         --pooling "${POOLING:-auto}" --out "$OUT/$name" --baselines ${BASELINES-cnn kmer})
   [ -n "$steps" ] && extra+=(--max-steps "$steps" --eval-every "${EVAL_EVERY:-100}")
   if [ "$task" = splice ]; then
     nice -n 10 "$PY" -m mergedna.cli benchmark --suite csv --data-root src/mergedna/data/embedded \
