@@ -319,6 +319,28 @@ def test_sweep_selects_on_dev_only_and_tests_once(tmp_path, monkeypatch):
     assert calls.count("test") == 1 and calls[-1] == "test" and result["test_evaluations"] == 1
 
 
+def test_sweep_over_heads_selects_the_head_on_dev(tmp_path, monkeypatch):
+    real = finetune_mod.evaluate
+    # one dev evaluation per trial (2 steps): 6 trials with the mean head, then 6 with flatten; the best is
+    # flatten at lr 1e-4, weight decay 0.01 (trial 8)
+    dev_scores = iter([0.1, 0.2, 0.0, 0.3, 0.2, 0.1, 0.1, 0.7, 0.4, 0.0, 0.2, 0.3])
+
+    def scripted(model, loader, split, precision="auto", name="eval", progress=False):
+        metrics = real(model, loader, split, precision, name, progress)
+        if name == "dev":
+            metrics["mcc"] = next(dev_scores)
+        return metrics
+
+    monkeypatch.setattr(finetune_mod, "evaluate", scripted)
+    result = finetune(SPLICE3, None, preset="tiny", sweep=True, sweep_poolings=("mean", "flatten"),
+                      **{**QUICK, "max_steps": 2, "eval_every": 2})
+    assert [t["pooling"] for t in result["sweep"]["trials"]] == ["mean"] * 6 + ["flatten"] * 6
+    assert result["sweep"]["selected"] == {"lr": 1e-4, "weight_decay": 0.01, "lora_rank": 0, "pooling": "flatten"}
+    assert result["model"]["config"]["pooling"] == "flatten"
+    with pytest.raises(ValueError, match="need sweep=True"):
+        finetune(SPLICE3, None, preset="tiny", sweep_poolings=("mean",), **QUICK)
+
+
 def test_metrics_record_time_and_throughput(tmp_path):
     result = finetune(SPLICE3, None, preset="tiny", **QUICK)
     assert result["sequences_seen"] == 4 * 4 and result["epochs_done"] == pytest.approx(4 / 3, abs=1e-3)

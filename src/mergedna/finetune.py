@@ -421,18 +421,20 @@ def train_selected_on_dev(task: Task, splits: dict[str, LabelledSplit], model, p
     return classifier, source, history, trainable
 
 
-def sweep_grid(init: str, settings: FinetuneSettings, lora_ranks=None) -> list[dict]:
+def sweep_grid(init: str, settings: FinetuneSettings, lora_ranks=None, poolings=None) -> list[dict]:
     """The ``--sweep`` grid (docs/method.md §8, issue 14): peak lr from :data:`SWEEP_LRS` for the init, weight
-    decay {0, 0.01}, and LoRA ranks ``lora_ranks`` (default: the settings' own rank only)."""
+    decay {0, 0.01}, LoRA ranks ``lora_ranks`` (default: the settings' own rank only) and sequence heads
+    ``poolings`` (default: the settings' own head only; no head wins on every task, results/position_heads)."""
     ranks = [settings.lora_rank] if lora_ranks is None else list(lora_ranks)
-    return [{"lr": lr, "weight_decay": wd, "lora_rank": r}
-            for r in ranks for lr in SWEEP_LRS[init] for wd in SWEEP_WEIGHT_DECAYS]
+    heads = [{}] if poolings is None else [{"pooling": p} for p in poolings]
+    return [{"lr": lr, "weight_decay": wd, "lora_rank": r, **head}
+            for head in heads for r in ranks for lr in SWEEP_LRS[init] for wd in SWEEP_WEIGHT_DECAYS]
 
 
 def finetune(task, out: str | os.PathLike | None = None, *, model: str | os.PathLike | None = None,
              preset: str | None = None, layout: str = "auto", seed: int = 0, command: str | None = None,
              progress: bool = True, save_model: bool = True, overwrite: bool = False, task_options: dict | None = None,
-             baselines=(), sweep: bool = False, sweep_lora_ranks=None, **settings) -> dict:
+             baselines=(), sweep: bool = False, sweep_lora_ranks=None, sweep_poolings=None, **settings) -> dict:
     """Fine-tune on ``task`` (a :class:`Task` or a path read with ``layout``) and evaluate once on test.
 
     With ``out``, first claims it as this run's folder and writes ``run.json`` (settings, provenance;
@@ -450,6 +452,8 @@ def finetune(task, out: str | os.PathLike | None = None, *, model: str | os.Path
     with the best dev selection metric (the first on ties) and evaluate only that one on test;
     ``result["sweep"]`` lists every trial's settings, dev metrics and cost.
     """
+    if (sweep_lora_ranks is not None or sweep_poolings is not None) and not sweep:
+        raise ValueError("sweep_lora_ranks and sweep_poolings choose what --sweep varies: they need sweep=True")
     given = settings
     settings = FinetuneSettings(**settings)
     started = time.time()
@@ -462,7 +466,7 @@ def finetune(task, out: str | os.PathLike | None = None, *, model: str | os.Path
         task = load_task(task, layout, **(task_options or {}))
     splits, notes = prepare_splits(task, settings)
     init = "pretrained" if model is not None else "random"
-    points = sweep_grid(init, settings, sweep_lora_ranks) if sweep else [{}]
+    points = sweep_grid(init, settings, sweep_lora_ranks, sweep_poolings) if sweep else [{}]
 
     def save_best(net, step, dev):  # a failure late in the run keeps the best model so far
         best = copy.deepcopy(net).merge_and_unload() if hasattr(net, "merge_and_unload") else net

@@ -30,9 +30,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="--out holds another run: delete its files first")
     p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
     p.add_argument("--sweep", action="store_true",
-                   help="train one model per lr x weight decay (x --sweep-lora-ranks) and keep the best on dev; "
-                        f"lr grid {SWEEP_LRS['pretrained']} from a checkpoint, {SWEEP_LRS['random']} from random init")
+                   help="train one model per lr x weight decay (x --sweep-lora-ranks x --sweep-poolings) and "
+                        f"keep the best on dev; lr grid {SWEEP_LRS['pretrained']} from a checkpoint, {SWEEP_LRS['random']} from random init")
     p.add_argument("--sweep-lora-ranks", type=int, nargs="+", help="LoRA ranks to sweep (0 = full fine-tuning)")
+    p.add_argument("--sweep-poolings", nargs="+", choices=POOLINGS, metavar="HEAD",
+                   help=f"sequence heads to sweep, from {', '.join(POOLINGS)} (e.g. mean flatten: no head wins "
+                        "on every task)")
     p.add_argument("--baselines", nargs="*", choices=("cnn", "kmer"), metavar="NAME",
                    help="also train references on the same splits and seed: cnn, kmer (no name: both)")
     add_training_arguments(p)
@@ -103,6 +106,7 @@ def finetune_kwargs(args) -> dict:
     return dict(task=args.task, out=args.out, model=args.model, preset=args.preset, layout=args.layout,
                 seed=args.seed, progress=not args.no_progress, overwrite=args.overwrite, task_options=columns,
                 baselines=tuple(baselines), sweep=args.sweep, sweep_lora_ranks=args.sweep_lora_ranks,
+                sweep_poolings=args.sweep_poolings,
                 **settings_from_args(args))
 
 
