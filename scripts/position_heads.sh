@@ -6,7 +6,7 @@
 # over bases with a learned absolute-position term), flatten (per-base features flattened),
 # mean_flatten (the sum of mean and flatten).
 #   usage: bash scripts/position_heads.sh [DATA_DIR] [SEEDS] [TASKS...]
-#   env: HEADS (default "mean cls attention flatten mean_flatten"), GUE_EPOCHS (3)
+#   env: HEADS (default "mean cls attention flatten mean_flatten"), GUE_EPOCHS (3), OUT (results/position_heads)
 #   tasks: "splice" (UCI splice, embedded, 80/10/10 split) or GUE task folders (mouse/0 ...)
 # Runs already finished (metrics.json present) are kept; the summary is rebuilt at the end.
 set -euo pipefail
@@ -15,7 +15,7 @@ DATA="${1:-../shared/data}"
 SEEDS="${2:-0}"
 shift $(( $# < 2 ? $# : 2 ))
 if [ $# -gt 0 ]; then TASKS=("$@"); else TASKS=(splice mouse/0); fi
-OUT=results/position_heads
+OUT="${OUT:-results/position_heads}"
 PY="${PYTHON:-/work/main/.venv/bin/python}"
 export OMP_NUM_THREADS=1 PYTHONPATH="$PWD/src"
 for task in "${TASKS[@]}"; do

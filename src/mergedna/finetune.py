@@ -52,7 +52,7 @@ from tqdm.auto import tqdm
 from .config import POOLINGS, preset as preset_config
 from .data.task_batching import LENGTH_POLICIES, average_chunk_logits, make_dataloader
 from .data.tasks import LabelledSplit, Task, load_task, make_split
-from .heads import MergeDNAForSequenceClassification
+from .heads import MergeDNAForSequenceClassification, SequencePooler
 from .precision import PRECISIONS, autocast, resolve
 from .pretrained import load_config
 from .provenance import run_metadata
@@ -281,7 +281,7 @@ def fit(model, train_loader, evaluate_dev, settings: FinetuneSettings, progress:
     warmup = settings.warmup_steps if settings.warmup_steps is not None else round(settings.warmup_ratio * total)
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     lr = settings.lr if settings.lr is not None else DEFAULT_LR["pretrained"]
-    optimizer = adamw(param_groups(trainable, settings.weight_decay), lr=lr)
+    optimizer = adamw(param_groups(trainable, settings.weight_decay, lr, head_lr_scales(model)), lr=lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total, settings.schedule))
     curve, best, best_state, bad, losses = [], None, None, 0, []
     step, epoch, stopped_early = 0, 0, False
@@ -341,6 +341,12 @@ def fit(model, train_loader, evaluate_dev, settings: FinetuneSettings, progress:
             "steps_per_epoch": steps_per_epoch, "lr": lr, "epochs_done": round(step / steps_per_epoch, 3),
             "sequences_seen": seen, "train_seconds": round(train_seconds, 2), "eval_seconds": round(eval_seconds, 2),
             "sequences_per_s": round(seen / max(train_seconds, 1e-9), 1)}
+
+
+def head_lr_scales(model) -> dict[str, float]:
+    """Full parameter names of ``model`` (also under a LoRA wrapper) -> lr multiple, from its pooler."""
+    return {f"{name}.{param}": scale for name, module in model.named_modules() if isinstance(module, SequencePooler)
+            for param, scale in module.lr_scales().items()}
 
 
 def training_warnings(history: dict) -> list[str]:

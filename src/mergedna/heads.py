@@ -68,6 +68,17 @@ class SequencePooler(nn.Module):
             self.proj = nn.Linear(D, FLATTEN_CHANNELS)
             self.out = nn.Linear(self.length * FLATTEN_CHANNELS, D)
 
+    def lr_scales(self) -> dict[str, float]:
+        """Learning-rate multiples for this head's parameters (names relative to the pooler). The flatten
+        layer reads ``pool_length × 16`` inputs, tens of times the hidden size: under Adam, whose steps
+        have a fixed size per weight, its output moves in proportion to its fan-in, so at the encoder's lr
+        it trains tens of times faster than any other layer and fits batch noise before the encoder finds
+        a signal (results/position_heads, GUE tf/0). Its lr is scaled by hidden size / fan-in, as μP
+        scales Adam's lr with width."""
+        if self.kind not in ("flatten", "mean_flatten"):
+            return {}
+        return {"out.weight": self.proj.in_features / self.out.in_features}
+
     def forward(self, enc: MergeDNAEncoderOutput) -> torch.Tensor:
         if self.kind == "mean":
             return pool_bases(enc.last_hidden_state, enc.token_sizes, enc.token_mask)

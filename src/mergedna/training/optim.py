@@ -15,14 +15,23 @@ import torch
 SCHEDULES = ("linear", "cosine")
 
 
-def param_groups(named_parameters, weight_decay: float) -> list[dict]:
-    """Two AdamW groups of the trainable parameters: matrices (decayed) and the rest (norm scales,
-    biases, embeddings; not decayed)."""
-    decay, rest = [], []
+def param_groups(named_parameters, weight_decay: float, lr: float | None = None,
+                 lr_scales: dict[str, float] | None = None) -> list[dict]:
+    """AdamW groups of the trainable parameters: matrices (decayed) and the rest (norm scales,
+    biases, embeddings; not decayed). ``lr_scales`` maps parameter names to a multiple of the peak
+    ``lr``; each such parameter gets a group of its own with that learning rate."""
+    decay, rest, scaled = [], [], []
     for name, p in named_parameters:
-        if p.requires_grad:
-            (decay if p.ndim >= 2 and "embed" not in name else rest).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+        if not p.requires_grad:
+            continue
+        wd = weight_decay if p.ndim >= 2 and "embed" not in name else 0.0
+        if lr_scales and name in lr_scales:
+            if lr is None:
+                raise ValueError("lr_scales need the peak lr")
+            scaled.append({"params": [p], "weight_decay": wd, "lr": lr * lr_scales[name]})
+        else:
+            (decay if wd else rest).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}, *scaled]
 
 
 def adamw(groups: list[dict], **kwargs) -> torch.optim.AdamW:
