@@ -1,6 +1,7 @@
 """Pretraining and fine-tuning step the same optimiser with the same weight-decay groups
 (mergedna.training.optim): matrices decay; norms, biases and the embedding table do not."""
 
+import pytest
 import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
@@ -44,3 +45,24 @@ def test_finetuning_and_pretraining_decay_the_same_encoder_parameters(tmp_path):
     assert shared and set(shared) <= set(pretraining)
     assert {n for n in shared if pretraining[n] > 0} == {n for n in shared if finetuning[n] > 0}
     assert {pretraining[n] for n in shared} == {0.0, 0.1} and {finetuning[n] for n in shared} == {0.0, 0.3}
+
+
+def test_the_flatten_layer_steps_at_lr_scaled_by_hidden_over_fan_in():
+    """Adam moves a layer's output in proportion to its fan-in: the flatten head's wide layer (pool_length × 16
+    inputs) gets lr × hidden / fan-in; every other parameter, the mean head included, the peak lr."""
+    loader = make_dataloader(load_gue_task(FIXTURES / "tasks" / "gue" / "splice3")["train"], 4, 1024)
+    settings = FinetuneSettings(max_steps=1, eval_every=1, lr=1e-3, warmup_steps=0, precision="fp32")
+    for pooling in ("flatten", "mean_flatten", "mean"):
+        torch.manual_seed(0)
+        model = MergeDNAForSequenceClassification(preset("tiny", num_labels=3, pooling=pooling, pool_length=60))
+        stepped = []
+        hook = register_optimizer_step_pre_hook(lambda opt, args, kwargs: stepped.append(opt))
+        try:
+            fit(model, loader, lambda m: {"mcc": 0.0}, settings, progress=False)
+        finally:
+            hook.remove()
+        name_of = {id(p): n for n, p in model.named_parameters()}
+        lr_of = {name_of[id(p)]: g["initial_lr"] for g in stepped[0].param_groups for p in g["params"]}
+        expected = 1e-3 * 64 / (60 * 16) if pooling != "mean" else None
+        assert {lr for n, lr in lr_of.items() if n != "pooler.out.weight"} == {1e-3}
+        assert lr_of.get("pooler.out.weight") == (None if expected is None else pytest.approx(expected))
