@@ -6,7 +6,8 @@
 # over bases with a learned absolute-position term), flatten (per-base features flattened),
 # mean_flatten (the sum of mean and flatten).
 #   usage: bash scripts/position_heads.sh [DATA_DIR] [SEEDS] [TASKS...]
-#   env: HEADS (default "mean cls attention flatten mean_flatten"), GUE_EPOCHS (3), OUT (results/position_heads)
+#   env: HEADS (default "mean cls attention flatten mean_flatten"), GUE_EPOCHS (3), OUT (results/position_heads),
+#        HEAD_LR_SCALE (none: the flatten layer at the peak lr, as the first runs here; fan_in, sqrt_fan_in)
 #   tasks: "splice" (UCI splice, embedded, 80/10/10 split) or GUE task folders (mouse/0 ...)
 # Runs already finished (metrics.json present) are kept; the summary is rebuilt at the end.
 set -euo pipefail
@@ -30,6 +31,7 @@ for task in "${TASKS[@]}"; do
       [ -f "$dir/metrics.json" ] && continue
       nice -n 10 "$PY" -m mergedna.cli finetune "${src[@]}" --preset tiny --pooling "$head" --seed "$seed" \
         --epochs "$epochs" --lr 1e-3 --batch-size 32 --warmup-ratio 0.1 --patience 0 --precision fp32 \
+        --head-lr-scale "${HEAD_LR_SCALE:-none}" \
         --no-progress --out "$dir"
       rm -rf "$dir/model"
     done

@@ -52,7 +52,7 @@ from tqdm.auto import tqdm
 from .config import POOLINGS, preset as preset_config
 from .data.task_batching import LENGTH_POLICIES, average_chunk_logits, make_dataloader
 from .data.tasks import LabelledSplit, Task, load_task, make_split
-from .heads import MergeDNAForSequenceClassification, SequencePooler
+from .heads import HEAD_LR_RULES, MergeDNAForSequenceClassification, SequencePooler
 from .precision import PRECISIONS, autocast, resolve
 from .pretrained import load_config
 from .provenance import run_metadata
@@ -100,6 +100,7 @@ class FinetuneSettings:
     patience: int | None = 3
     select_metric: str = "mcc"
     clip: float = 1.0
+    head_lr_scale: str = "fan_in"  # the flatten layer's lr: × hidden/fan-in, × its square root, or "none" (heads.py)
     precision: str = "auto"  # bf16 autocast where it is measured faster (mergedna.precision), else fp32
     compile: bool = False  # torch.compile each transformer block: ~1.25x on short sequences, ~40 s to compile
     lora_rank: int = 0
@@ -118,7 +119,8 @@ class FinetuneSettings:
                   "precision": (self.precision, PRECISIONS),
                   "select_metric": (self.select_metric, METRICS),
                   "length_policy": (self.length_policy, LENGTH_POLICIES),
-                  "pooling": (self.pooling, (None, "auto", *POOLINGS))}
+                  "pooling": (self.pooling, (None, "auto", *POOLINGS)),
+                  "head_lr_scale": (self.head_lr_scale, HEAD_LR_RULES)}
         for name, (value, allowed) in checks.items():
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
@@ -281,7 +283,8 @@ def fit(model, train_loader, evaluate_dev, settings: FinetuneSettings, progress:
     warmup = settings.warmup_steps if settings.warmup_steps is not None else round(settings.warmup_ratio * total)
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     lr = settings.lr if settings.lr is not None else DEFAULT_LR["pretrained"]
-    optimizer = adamw(param_groups(trainable, settings.weight_decay, lr, head_lr_scales(model)), lr=lr)
+    scales = head_lr_scales(model, settings.head_lr_scale)
+    optimizer = adamw(param_groups(trainable, settings.weight_decay, lr, scales), lr=lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total, settings.schedule))
     curve, best, best_state, bad, losses = [], None, None, 0, []
     step, epoch, stopped_early = 0, 0, False
@@ -343,10 +346,10 @@ def fit(model, train_loader, evaluate_dev, settings: FinetuneSettings, progress:
             "sequences_per_s": round(seen / max(train_seconds, 1e-9), 1)}
 
 
-def head_lr_scales(model) -> dict[str, float]:
+def head_lr_scales(model, rule: str = "fan_in") -> dict[str, float]:
     """Full parameter names of ``model`` (also under a LoRA wrapper) -> lr multiple, from its pooler."""
     return {f"{name}.{param}": scale for name, module in model.named_modules() if isinstance(module, SequencePooler)
-            for param, scale in module.lr_scales().items()}
+            for param, scale in module.lr_scales(rule).items()}
 
 
 def training_warnings(history: dict) -> list[str]:

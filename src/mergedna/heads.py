@@ -51,6 +51,7 @@ def pool_bases(z: torch.Tensor, sizes: torch.Tensor, mask: torch.Tensor) -> torc
 
 POOL_HEADS = 4  # queries of the attention pooler
 FLATTEN_CHANNELS = 16  # per-base channels the flatten pooler keeps
+HEAD_LR_RULES = ("fan_in", "sqrt_fan_in", "none")  # SequencePooler.lr_scales
 
 
 class SequencePooler(nn.Module):
@@ -68,16 +69,20 @@ class SequencePooler(nn.Module):
             self.proj = nn.Linear(D, FLATTEN_CHANNELS)
             self.out = nn.Linear(self.length * FLATTEN_CHANNELS, D)
 
-    def lr_scales(self) -> dict[str, float]:
+    def lr_scales(self, rule: str = "fan_in") -> dict[str, float]:
         """Learning-rate multiples for this head's parameters (names relative to the pooler). The flatten
         layer reads ``pool_length × 16`` inputs, tens of times the hidden size: under Adam, whose steps
         have a fixed size per weight, its output moves in proportion to its fan-in, so at the encoder's lr
-        it trains tens of times faster than any other layer and fits batch noise before the encoder finds
-        a signal (results/position_heads, GUE tf/0). Its lr is scaled by hidden size / fan-in, as μP
-        scales Adam's lr with width."""
-        if self.kind not in ("flatten", "mean_flatten"):
+        it trains tens of times faster than any other layer and can fit batch noise before the encoder
+        finds a signal (results/position_heads, GUE tf/0). ``rule``: ``fan_in`` scales its lr by hidden
+        size / fan-in (as μP scales Adam's lr with width), ``sqrt_fan_in`` by the square root of that,
+        ``none`` leaves it at the peak lr."""
+        if rule not in HEAD_LR_RULES:
+            raise ValueError(f"head lr rule must be one of {HEAD_LR_RULES}, got {rule!r}")
+        if self.kind not in ("flatten", "mean_flatten") or rule == "none":
             return {}
-        return {"out.weight": self.proj.in_features / self.out.in_features}
+        ratio = self.proj.in_features / self.out.in_features
+        return {"out.weight": ratio if rule == "fan_in" else ratio ** 0.5}
 
     def forward(self, enc: MergeDNAEncoderOutput) -> torch.Tensor:
         if self.kind == "mean":

@@ -10,6 +10,7 @@ import dataclasses
 from ..config import POOLINGS, PRESETS
 from ..data.task_batching import LENGTH_POLICIES
 from ..data.tasks import LAYOUTS
+from ..heads import HEAD_LR_RULES
 from ..finetune import DEFAULT_LR, FLATTEN_MAX_LENGTH, METRICS, SWEEP_LRS, FinetuneSettings, finetune
 from ._common import add_merge_ratio, add_option, add_precision, command_line, field_defaults
 
@@ -69,6 +70,8 @@ def add_training_arguments(p: argparse.ArgumentParser, source_required: bool = T
     a("--patience", "stop after this many dev evaluations without improvement (0 = never stop early)", type=int)
     a("--select-metric", "dev metric for selection", choices=METRICS)
     a("--clip", "gradient-norm clip (0 = off)", type=float)
+    a("--head-lr-scale", "lr of the flatten heads' wide layer: x hidden/fan-in (fan_in), x its square root "
+                         "(sqrt_fan_in) or the peak lr (none)", choices=HEAD_LR_RULES)
     add_precision(p, SETTINGS["precision"])
     a("--compile", "torch.compile each transformer block (~1.25x on short sequences, ~40 s to compile)",
       action="store_true")
