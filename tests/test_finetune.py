@@ -349,11 +349,11 @@ def test_metrics_record_time_and_throughput(tmp_path):
     assert result["lr"] == finetune_mod.DEFAULT_LR["random"] and result["settings"]["lr"] is None
 
 
-def test_auto_head_flattens_fixed_length_tasks_else_cls(tmp_path):
+def test_auto_head_is_mean_flatten_on_fixed_length_tasks_else_cls(tmp_path):
     result = finetune(SPLICE3, None, preset="tiny", **QUICK)
-    assert result["model"]["config"]["pooling"] == "flatten" and result["model"]["config"]["pool_length"] == 60
+    assert result["model"]["config"]["pooling"] == "mean_flatten" and result["model"]["config"]["pool_length"] == 60
     train = load_gue_task(SPLICE3)["train"]
-    assert finetune_mod.default_pooling(train) == "flatten"
+    assert finetune_mod.default_pooling(train) == "mean_flatten"
     ragged = train.take(np.arange(len(train)), lengths=np.where(np.arange(len(train)) % 2, 50, 60))
     assert finetune_mod.default_pooling(ragged) == "cls"
     mean = finetune(SPLICE3, None, preset="tiny", pooling="mean", **QUICK)

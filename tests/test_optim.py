@@ -47,12 +47,14 @@ def test_finetuning_and_pretraining_decay_the_same_encoder_parameters(tmp_path):
     assert {pretraining[n] for n in shared} == {0.0, 0.1} and {finetuning[n] for n in shared} == {0.0, 0.3}
 
 
-def test_the_flatten_layer_steps_at_lr_scaled_by_hidden_over_fan_in():
+def test_the_flatten_layer_steps_at_a_scaled_lr():
     """Adam moves a layer's output in proportion to its fan-in: the flatten head's wide layer (pool_length × 16
-    inputs) gets lr × hidden / fan-in; every other parameter, the mean head included, the peak lr."""
+    inputs) gets lr × hidden / fan-in (or its square root, the default); every other parameter the peak lr."""
     loader = make_dataloader(load_gue_task(FIXTURES / "tasks" / "gue" / "splice3")["train"], 4, 1024)
-    settings = FinetuneSettings(max_steps=1, eval_every=1, lr=1e-3, warmup_steps=0, precision="fp32")
-    for pooling in ("flatten", "mean_flatten", "mean"):
+    for pooling, rule in (("flatten", "fan_in"), ("mean_flatten", "sqrt_fan_in"), ("mean_flatten", "none"),
+                          ("mean", "fan_in")):
+        settings = FinetuneSettings(max_steps=1, eval_every=1, lr=1e-3, warmup_steps=0, precision="fp32",
+                                    head_lr_scale=rule)
         torch.manual_seed(0)
         model = MergeDNAForSequenceClassification(preset("tiny", num_labels=3, pooling=pooling, pool_length=60))
         stepped = []
@@ -63,6 +65,8 @@ def test_the_flatten_layer_steps_at_lr_scaled_by_hidden_over_fan_in():
             hook.remove()
         name_of = {id(p): n for n, p in model.named_parameters()}
         lr_of = {name_of[id(p)]: g["initial_lr"] for g in stepped[0].param_groups for p in g["params"]}
-        expected = 1e-3 * 64 / (60 * 16) if pooling != "mean" else None
+        ratio = 64 / (60 * 16)
+        expected = {"fan_in": 1e-3 * ratio, "sqrt_fan_in": 1e-3 * ratio ** 0.5, "none": 1e-3}[rule]
+        expected = None if pooling == "mean" else expected
         assert {lr for n, lr in lr_of.items() if n != "pooler.out.weight"} == {1e-3}
         assert lr_of.get("pooler.out.weight") == (None if expected is None else pytest.approx(expected))

@@ -69,7 +69,7 @@ LORA_TARGETS = r"mergedna\.(local_encoder|latent_encoder)\.blocks\.\d+\.(attn\.(
 # peak learning rates when none is given: a randomly initialised encoder needs a far larger step than
 # a pretrained one (the paper's fine-tuning grid, for pretrained models, tops out at 1e-4)
 DEFAULT_LR = {"random": 1e-3, "pretrained": 1e-4}
-FLATTEN_MAX_LENGTH = 1024  # pooling="auto" flattens fixed-length tasks up to this many bases
+FLATTEN_MAX_LENGTH = 1024  # pooling="auto" picks mean_flatten for fixed-length tasks up to this many bases
 # --sweep: the paper's grid for pretrained models; "and up" for a randomly initialised one
 SWEEP_LRS = {"pretrained": (1e-5, 5e-5, 1e-4), "random": (1e-4, 3e-4, 1e-3)}
 SWEEP_WEIGHT_DECAYS = (0.0, 0.01)
@@ -100,7 +100,7 @@ class FinetuneSettings:
     patience: int | None = 3
     select_metric: str = "mcc"
     clip: float = 1.0
-    head_lr_scale: str = "fan_in"  # the flatten layer's lr: × hidden/fan-in, × its square root, or "none" (heads.py)
+    head_lr_scale: str = "sqrt_fan_in"  # the flatten layer's lr: × √(hidden/fan-in), × hidden/fan-in, or "none" (heads.py)
     precision: str = "auto"  # bf16 autocast where it is measured faster (mergedna.precision), else fp32
     compile: bool = False  # torch.compile each transformer block: ~1.25x on short sequences, ~40 s to compile
     lora_rank: int = 0
@@ -191,10 +191,10 @@ def prepare_splits(task: Task, settings: FinetuneSettings) -> tuple[dict[str, La
 
 
 def default_pooling(train: LabelledSplit) -> str:
-    """The sequence head ``pooling="auto"`` picks (results/position_heads): ``flatten`` when every
+    """The sequence head ``pooling="auto"`` picks (results/position_heads): ``mean_flatten`` when every
     training sequence has the same length, at most :data:`FLATTEN_MAX_LENGTH` bases; else ``cls``."""
     lengths = train.lengths
-    return "flatten" if lengths.min() == lengths.max() <= FLATTEN_MAX_LENGTH else "cls"
+    return "mean_flatten" if lengths.min() == lengths.max() <= FLATTEN_MAX_LENGTH else "cls"
 
 
 def build_model(task: Task, model: str | os.PathLike | None, preset: str | None,

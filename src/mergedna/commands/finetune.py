@@ -70,8 +70,8 @@ def add_training_arguments(p: argparse.ArgumentParser, source_required: bool = T
     a("--patience", "stop after this many dev evaluations without improvement (0 = never stop early)", type=int)
     a("--select-metric", "dev metric for selection", choices=METRICS)
     a("--clip", "gradient-norm clip (0 = off)", type=float)
-    a("--head-lr-scale", "lr of the flatten heads' wide layer: x hidden/fan-in (fan_in), x its square root "
-                         "(sqrt_fan_in) or the peak lr (none)", choices=HEAD_LR_RULES)
+    a("--head-lr-scale", "lr of the flatten heads' wide layer: x sqrt(hidden/fan-in) (sqrt_fan_in), "
+                         "x hidden/fan-in (fan_in) or the peak lr (none)", choices=HEAD_LR_RULES)
     add_precision(p, SETTINGS["precision"])
     a("--compile", "torch.compile each transformer block (~1.25x on short sequences, ~40 s to compile)",
       action="store_true")
@@ -80,7 +80,7 @@ def add_training_arguments(p: argparse.ArgumentParser, source_required: bool = T
     a("--max-length", "override the model's max_length", type=int)
     add_merge_ratio(p)
     a("--pooling", "sequence head: mean (the paper's), cls (a CLS token that never merges), attention (with "
-                   "absolute positions), flatten (per-base features flattened), mean_flatten (the sum of mean and flatten); auto: flatten when all training "
+                   "absolute positions), flatten (per-base features flattened), mean_flatten (the sum of mean and flatten); auto: mean_flatten when all training "
                    f"sequences have one length <= {FLATTEN_MAX_LENGTH}, else cls", choices=("auto", *POOLINGS))
     a("--dev-fraction", "share carved for dev when needed", type=float)
     a("--split-seed", "seed of carved splits (fixed across seeds)", type=int)
