@@ -6,7 +6,8 @@
 #          e.g. splice mouse/0:600 prom/prom_300_tata:150 tf/0:300 prom/prom_core_notata:300
 #   env:   DATA (../shared/data), SEEDS (3), FIRST_SEED (0), PRESET (small), POOLING (auto),
 #          OUT (results/finetune_small_scratch), BASELINES ("cnn kmer"; empty: none),
-#          EVAL_EVERY (100: dev evaluations every that many steps on step-capped tasks)
+#          EVAL_EVERY (100: dev evaluations every that many steps on step-capped tasks),
+#          MLM_WEIGHT (0: the weight of the auxiliary masked-modelling loss, finetune --mlm-weight)
 #
 # `splice` is the embedded UCI splice set (the default recipe: 10 epochs, early stopping on dev);
 # any other TASK is a GUE folder under $DATA/gue. A MAX_STEPS suffix caps MergeDNA's training at that
@@ -24,7 +25,7 @@ for spec in "$@"; do
   task="${spec%%:*}"; steps=""; [ "$spec" != "$task" ] && steps="${spec##*:}"
   name="${task//\//_}"
   extra=(--seeds "$SEEDS" --first-seed "${FIRST_SEED:-0}" --precision fp32 --no-progress --preset "$PRESET"
-         --pooling "${POOLING:-auto}" --out "$OUT/$name" --baselines ${BASELINES-cnn kmer})
+         --pooling "${POOLING:-auto}" --mlm-weight "${MLM_WEIGHT:-0}" --out "$OUT/$name" --baselines ${BASELINES-cnn kmer})
   [ -n "$steps" ] && extra+=(--max-steps "$steps" --eval-every "${EVAL_EVERY:-100}")
   if [ "$task" = splice ]; then
     nice -n 10 "$PY" -m mergedna.cli benchmark --suite csv --data-root src/mergedna/data/embedded \

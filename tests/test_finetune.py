@@ -341,6 +341,25 @@ def test_sweep_over_heads_selects_the_head_on_dev(tmp_path, monkeypatch):
         finetune(SPLICE3, None, preset="tiny", sweep_poolings=("mean",), **QUICK)
 
 
+def test_auxiliary_masked_modelling_trains_the_shared_encoder(tmp_path):
+    """mlm_weight > 0 adds a masked-modelling loss through decoders on the classifier's own encoder: the
+    encoder ends somewhere else than without it, the loss is logged, and the saved model has no decoder."""
+    def encoder_after(**kw):
+        result = finetune(SPLICE3, tmp_path / f"m{kw.get('mlm_weight', 0)}", preset="tiny", **QUICK, **kw)
+        saved = MergeDNAForSequenceClassification.from_pretrained(tmp_path / f"m{kw.get('mlm_weight', 0)}" / "model")
+        return result, saved.mergedna.state_dict()
+
+    plain, plain_state = encoder_after()
+    aux, aux_state = encoder_after(mlm_weight=1.0)
+    assert all("train_mlm_loss" not in c for c in plain["dev_curve"])
+    assert all(0.5 < c["train_mlm_loss"] < 3.0 for c in aux["dev_curve"])  # ~ln 4 per masked base at the start
+    moved = [k for k in plain_state if not torch.equal(plain_state[k], aux_state[k])]
+    assert any(k.startswith("latent_encoder") for k in moved)
+    assert not any("decoder" in k for k in aux_state)
+    with pytest.raises(ValueError, match="mlm_weight"):
+        FinetuneSettings(mlm_weight=-1.0)
+
+
 def test_metrics_record_time_and_throughput(tmp_path):
     result = finetune(SPLICE3, None, preset="tiny", **QUICK)
     assert result["sequences_seen"] == 4 * 4 and result["epochs_done"] == pytest.approx(4 / 3, abs=1e-3)

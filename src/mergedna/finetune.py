@@ -53,6 +53,8 @@ from .config import POOLINGS, preset as preset_config
 from .data.task_batching import LENGTH_POLICIES, average_chunk_logits, make_dataloader
 from .data.tasks import LabelledSplit, Task, load_task, make_split
 from .heads import HEAD_LR_RULES, MergeDNAForSequenceClassification, SequencePooler
+from .model import MergeDNAForPretraining
+from .objectives import MergeDNAPretrainer, ObjectiveConfig, step_generator
 from .precision import PRECISIONS, autocast, resolve
 from .pretrained import load_config
 from .provenance import run_metadata
@@ -100,6 +102,7 @@ class FinetuneSettings:
     patience: int | None = 3
     select_metric: str = "mcc"
     clip: float = 1.0
+    mlm_weight: float = 0.0  # > 0: add this × a masked-modelling loss on each training batch's own sequences
     head_lr_scale: str = "sqrt_fan_in"  # the flatten layer's lr: × √(hidden/fan-in), × hidden/fan-in, or "none" (heads.py)
     precision: str = "auto"  # bf16 autocast where it is measured faster (mergedna.precision), else fp32
     compile: bool = False  # torch.compile each transformer block: ~1.25x on short sequences, ~40 s to compile
@@ -124,6 +127,8 @@ class FinetuneSettings:
         for name, (value, allowed) in checks.items():
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        if self.mlm_weight < 0:
+            raise ValueError(f"mlm_weight must be >= 0, got {self.mlm_weight}")
         if not 0 < self.dev_fraction < 0.5:
             raise ValueError(f"dev_fraction must be in (0, 0.5), got {self.dev_fraction}")
         self.precision = resolve(self.precision)  # "auto" -> what runs here, so results record it
@@ -269,7 +274,7 @@ def evaluate(model, loader, split: LabelledSplit, precision: str = "auto", name:
 
 
 def fit(model, train_loader, evaluate_dev, settings: FinetuneSettings, progress: bool = True,
-        on_best=None) -> dict:
+        on_best=None, aux: "MaskedModellingLoss | None" = None) -> dict:
     """Train ``model`` (its parameters with ``requires_grad``) on ``train_loader``; every
     ``eval_every`` steps and at the end call ``evaluate_dev(model) -> metrics``, and
     ``on_best(model, step, dev)`` when the dev score improves (to checkpoint it). Restores the
@@ -282,9 +287,13 @@ def fit(model, train_loader, evaluate_dev, settings: FinetuneSettings, progress:
     eval_every = settings.eval_every or max(1, min(steps_per_epoch, math.ceil(total / 10)))
     warmup = settings.warmup_steps if settings.warmup_steps is not None else round(settings.warmup_ratio * total)
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    own = {id(p) for _, p in trainable}  # the auxiliary decoders train too, but are not the model
+    stepped = trainable + ([] if aux is None else [(f"aux.{n}", p) for n, p in aux.named_parameters()
+                                                   if p.requires_grad and id(p) not in own])
+    aux_losses = []
     lr = settings.lr if settings.lr is not None else DEFAULT_LR["pretrained"]
     scales = head_lr_scales(model, settings.head_lr_scale)
-    optimizer = adamw(param_groups(trainable, settings.weight_decay, lr, scales), lr=lr)
+    optimizer = adamw(param_groups(stepped, settings.weight_decay, lr, scales), lr=lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total, settings.schedule))
     curve, best, best_state, bad, losses = [], None, None, 0, []
     step, epoch, stopped_early = 0, 0, False
@@ -296,18 +305,22 @@ def fit(model, train_loader, evaluate_dev, settings: FinetuneSettings, progress:
         for batch in train_loader:
             seen += len(batch["labels"])
             with autocast(settings.precision):
-                loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                             labels=batch["labels"]).loss
+                loss = task_loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                         labels=batch["labels"]).loss
+                if aux is not None:
+                    masked = aux(batch["input_ids"], batch["attention_mask"], step)
+                    aux_losses.append(masked.item())
+                    loss = task_loss + settings.mlm_weight * masked
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite training loss {loss.item()} at step {step + 1}")
             loss.backward()
             if settings.clip:
-                torch.nn.utils.clip_grad_norm_([p for _, p in trainable], settings.clip)
+                torch.nn.utils.clip_grad_norm_([p for _, p in stepped], settings.clip)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            losses.append(loss.item())
+            losses.append(task_loss.item())  # the task's loss; the auxiliary one is logged apart
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
             if step % eval_every == 0 or step == total:
@@ -317,7 +330,9 @@ def fit(model, train_loader, evaluate_dev, settings: FinetuneSettings, progress:
                 tick = time.perf_counter()
                 eval_seconds += tick - now
                 curve.append({"step": step, "epoch": round(step / steps_per_epoch, 3),
-                              "train_loss": float(np.mean(losses)), "dev": dev})
+                              "train_loss": float(np.mean(losses)), "dev": dev,
+                              **({"train_mlm_loss": float(np.mean(aux_losses))} if aux_losses else {})})
+                aux_losses = []
                 losses = []
                 score = dev[settings.select_metric]
                 score = -math.inf if score is None else score
@@ -344,6 +359,25 @@ def fit(model, train_loader, evaluate_dev, settings: FinetuneSettings, progress:
             "steps_per_epoch": steps_per_epoch, "lr": lr, "epochs_done": round(step / steps_per_epoch, 3),
             "sequences_seen": seen, "train_seconds": round(train_seconds, 2), "eval_seconds": round(eval_seconds, 2),
             "sequences_per_s": round(seen / max(train_seconds, 1e-9), 1)}
+
+
+class MaskedModellingLoss(torch.nn.Module):
+    """An auxiliary masked-modelling loss on the task's own training sequences (``mlm_weight``): MergeDNA's
+    decoders (ω, ζ, base head) on the classifier's encoder, shared, scoring masked bases as pretraining's
+    plain ``mlm`` objective does (:class:`~mergedna.objectives.MergeDNAPretrainer`). It gives the encoder a
+    signal from the first step, while a from-scratch classifier still sits at the class prior
+    (results/finetune_small_scratch). The decoders come from ``checkpoint`` when it has them."""
+
+    def __init__(self, classifier: MergeDNAForSequenceClassification, seed: int, checkpoint=None):
+        super().__init__()
+        decoder = (MergeDNAForPretraining.from_pretrained(checkpoint) if checkpoint is not None
+                   else MergeDNAForPretraining(classifier.config))
+        decoder.mergedna = classifier.mergedna  # shared: the encoder being fine-tuned
+        self.pretrainer = MergeDNAPretrainer(decoder, ObjectiveConfig(objective="mlm"))
+        self.seed = seed
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, step: int) -> torch.Tensor:
+        return self.pretrainer(input_ids, step_generator(self.seed, step), attention_mask=attention_mask)["loss"]
 
 
 def head_lr_scales(model, rule: str = "fan_in") -> dict[str, float]:
@@ -421,9 +455,10 @@ def train_selected_on_dev(task: Task, splits: dict[str, LabelledSplit], model, p
                                  shuffle=False)
     if settings.lr is None:
         settings = dataclasses.replace(settings, lr=DEFAULT_LR[source["init"]])
+    aux = MaskedModellingLoss(classifier, seed, model) if settings.mlm_weight > 0 else None
     history = fit(net, train_loader,
                   lambda m: evaluate(m, dev_loader, splits["dev"], settings.precision, "dev"), settings, progress,
-                  on_best=on_best)
+                  on_best=on_best, aux=aux)
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
     if settings.lora_rank > 0:
         classifier = net.merge_and_unload()

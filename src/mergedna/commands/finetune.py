@@ -70,6 +70,9 @@ def add_training_arguments(p: argparse.ArgumentParser, source_required: bool = T
     a("--patience", "stop after this many dev evaluations without improvement (0 = never stop early)", type=int)
     a("--select-metric", "dev metric for selection", choices=METRICS)
     a("--clip", "gradient-norm clip (0 = off)", type=float)
+    a("--mlm-weight", "add this x a masked-modelling loss on each training batch's own sequences (decoders "
+                      "trained alongside, not saved): a signal for a from-scratch encoder while the classifier "
+                      "still sits at the class prior; 0 = off", type=float)
     a("--head-lr-scale", "lr of the flatten heads' wide layer: x sqrt(hidden/fan-in) (sqrt_fan_in), "
                          "x hidden/fan-in (fan_in) or the peak lr (none)", choices=HEAD_LR_RULES)
     add_precision(p, SETTINGS["precision"])
