@@ -22,7 +22,7 @@ from mergedna.config import POOLINGS
 from mergedna.config import preset as preset_config
 from mergedna.data.task_batching import collate_labelled
 from mergedna.data.tasks import load_task
-from mergedna.heads import MergeDNAForSequenceClassification
+from mergedna.heads import SIZED_POOLINGS, MergeDNAForSequenceClassification
 from mergedna.provenance import run_metadata
 from mergedna.seqio import write_json_atomic
 from mergedna.training.optim import adamw, lr_factor, param_groups
@@ -36,7 +36,7 @@ def probe(task: str, preset: str, pooling: str, lr: float, steps: int, batch_siz
     train = loaded.splits["train"] if "train" in loaded.splits else loaded.splits["all"]
     length = int(train.lengths.max())
     config = preset_config(preset, num_labels=loaded.num_classes, pooling=pooling, cls_token=pooling == "cls",
-                    pool_length=length if pooling in ("attention", "flatten") else None)
+                    pool_length=length if pooling in SIZED_POOLINGS else None)
     model = MergeDNAForSequenceClassification(config).train()
     optimizer = adamw(param_groups(model.named_parameters(), 0.01), lr=lr)
     rows, losses, spreads, t0 = [], [], [], time.time()

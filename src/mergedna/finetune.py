@@ -52,7 +52,7 @@ from tqdm.auto import tqdm
 from .config import POOLINGS, preset as preset_config
 from .data.task_batching import LENGTH_POLICIES, average_chunk_logits, make_dataloader
 from .data.tasks import LabelledSplit, Task, load_task, make_split
-from .heads import HEAD_LR_RULES, MergeDNAForSequenceClassification, SequencePooler
+from .heads import HEAD_LR_RULES, SIZED_POOLINGS, MergeDNAForSequenceClassification, SequencePooler
 from .model import MergeDNAForPretraining
 from .objectives import MergeDNAPretrainer, ObjectiveConfig, step_generator
 from .precision import PRECISIONS, autocast, resolve
@@ -219,7 +219,7 @@ def build_model(task: Task, model: str | os.PathLike | None, preset: str | None,
         pooling = default_pooling(train) if train is not None else "cls"
     if pooling is not None:
         overrides.update(pooling=pooling, cls_token=pooling == "cls")
-        if pooling in ("attention", "flatten", "mean_flatten") and train is not None:
+        if pooling in SIZED_POOLINGS and train is not None:
             overrides["pool_length"] = int(train.lengths.max())
     if model is not None:
         # the head is always new, also on a fine-tuned model; the decoders of a pretraining checkpoint are dropped;
@@ -380,7 +380,7 @@ class MaskedModellingLoss(torch.nn.Module):
         return self.pretrainer(input_ids, step_generator(self.seed, step), attention_mask=attention_mask)["loss"]
 
 
-def head_lr_scales(model, rule: str = "fan_in") -> dict[str, float]:
+def head_lr_scales(model, rule: str) -> dict[str, float]:
     """Full parameter names of ``model`` (also under a LoRA wrapper) -> lr multiple, from its pooler."""
     return {f"{name}.{param}": scale for name, module in model.named_modules() if isinstance(module, SequencePooler)
             for param, scale in module.lr_scales(rule).items()}

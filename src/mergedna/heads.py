@@ -52,6 +52,8 @@ def pool_bases(z: torch.Tensor, sizes: torch.Tensor, mask: torch.Tensor) -> torc
 POOL_HEADS = 4  # queries of the attention pooler
 FLATTEN_CHANNELS = 16  # per-base channels the flatten pooler keeps
 HEAD_LR_RULES = ("fan_in", "sqrt_fan_in", "none")  # SequencePooler.lr_scales
+FLATTEN_POOLINGS = ("flatten", "mean_flatten")  # the heads with a flatten layer
+SIZED_POOLINGS = ("attention", *FLATTEN_POOLINGS)  # the heads that cover config.pool_length bases
 
 
 class SequencePooler(nn.Module):
@@ -65,11 +67,11 @@ class SequencePooler(nn.Module):
             self.pos = nn.Embedding(self.length, D)  # absolute base position
             self.query = nn.Linear(D, POOL_HEADS, bias=False)
             self.out = nn.Linear(POOL_HEADS * D, D)
-        elif self.kind in ("flatten", "mean_flatten"):
+        elif self.kind in FLATTEN_POOLINGS:
             self.proj = nn.Linear(D, FLATTEN_CHANNELS)
             self.out = nn.Linear(self.length * FLATTEN_CHANNELS, D)
 
-    def lr_scales(self, rule: str = "fan_in") -> dict[str, float]:
+    def lr_scales(self, rule: str) -> dict[str, float]:
         """Learning-rate multiples for this head's parameters (names relative to the pooler). The flatten
         layer reads ``pool_length × 16`` inputs, tens of times the hidden size: under Adam, whose steps
         have a fixed size per weight, its output moves in proportion to its fan-in, so at the encoder's lr
@@ -79,7 +81,7 @@ class SequencePooler(nn.Module):
         ``none`` leaves it at the peak lr."""
         if rule not in HEAD_LR_RULES:
             raise ValueError(f"head lr rule must be one of {HEAD_LR_RULES}, got {rule!r}")
-        if self.kind not in ("flatten", "mean_flatten") or rule == "none":
+        if self.kind not in FLATTEN_POOLINGS or rule == "none":
             return {}
         ratio = self.proj.in_features / self.out.in_features
         return {"out.weight": ratio if rule == "fan_in" else ratio ** 0.5}

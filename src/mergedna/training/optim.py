@@ -24,13 +24,14 @@ def param_groups(named_parameters, weight_decay: float, lr: float | None = None,
     for name, p in named_parameters:
         if not p.requires_grad:
             continue
-        wd = weight_decay if p.ndim >= 2 and "embed" not in name else 0.0
+        decays = p.ndim >= 2 and "embed" not in name
         if lr_scales and name in lr_scales:
             if lr is None:
                 raise ValueError("lr_scales need the peak lr")
-            scaled.append({"params": [p], "weight_decay": wd, "lr": lr * lr_scales[name]})
+            scaled.append({"params": [p], "weight_decay": weight_decay if decays else 0.0,
+                           "lr": lr * lr_scales[name]})
         else:
-            (decay if wd else rest).append(p)
+            (decay if decays else rest).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}, *scaled]
 
 
