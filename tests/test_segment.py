@@ -132,3 +132,16 @@ def test_sub_region_and_annotation_mapping(tmp_path, capsys):
     assert record_regions(annotation, RECORD, 6000) == [(424, 641, "exon"), (3050, 3066, "exon")]
     assert record_regions(annotation, "chr20", 30000500) == [(30000424, 30000500, "exon")]
     assert record_regions(annotation, "20:59001-61000", 2000) == []
+
+
+@pytest.mark.parametrize("precision, autocast_on", [("fp32", False), ("bf16", True)])
+def test_segment_precision_reaches_the_tokenizer(checkpoint, precision, autocast_on):
+    """--precision is not only recorded: the tokenizer runs under bf16 autocast exactly when asked."""
+    from mergedna.segment import segment_fasta
+
+    encoder = load_encoder(checkpoint)
+    seen = []
+    encoder.local_encoder.register_forward_pre_hook(lambda *_: seen.append(torch.is_autocast_enabled("cpu")))
+    segs = segment_fasta(encoder, CHR20, [RECORD], precision=precision)
+    assert seen and set(seen) == {autocast_on}
+    assert segs[0].starts[0] == 0 and segs[0].ends[-1] == 6000

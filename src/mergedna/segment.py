@@ -30,6 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .model import MergeDNAModel, prepare_inputs
+from .precision import autocast
 from .seqio import (SequenceFileError, atomic_path, iter_fasta, open_text, pad_batch, parse_region, read_errors, union_intervals,
                     write_json_atomic)
 from .vocab import decode
@@ -220,14 +221,19 @@ def plot_segmentation(segs: list[Segmentation], regions_per_seg, path: str | Pat
 
 
 def segment_fasta(encoder: MergeDNAModel, fasta, regions: list[str] | None = None, merge_ratio=None,
-                  batch_size: int = 8, progress: bool = False) -> list[Segmentation]:
+                  batch_size: int = 8, progress: bool = False, precision: str = "fp32") -> list[Segmentation]:
     """Segment every record of ``fasta``, or only ``regions`` (``rec`` or ``rec:start-end``, 1-based
     inclusive), in file order. A region text that is itself a record's name (``20:59001-61000`` in
-    a sliced FASTA) means that whole record, as in samtools. ``progress`` shows a bar in bases."""
+    a sliced FASTA) means that whole record, as in samtools. ``progress`` shows a bar in bases.
+    ``precision`` (:mod:`mergedna.precision`): fp32 by default, because bf16 grouping scores can tie
+    differently and move a boundary (docs/method.md §6); bf16 is faster on a GPU."""
     out = []
     bar = tqdm(unit="bp", unit_scale=True, desc="segment", disable=not progress, delay=2)
+    device = next(encoder.parameters()).device
     for name, s, ids in iter_regions(fasta, regions):
-        starts, ends = segment_ids(encoder, ids, merge_ratio=merge_ratio, batch_size=batch_size, progress=bar.update)
+        with autocast(precision, device):
+            starts, ends = segment_ids(encoder, ids, merge_ratio=merge_ratio, batch_size=batch_size,
+                                       progress=bar.update)
         out.append(Segmentation(name, s, ids, starts + s, ends + s))
     bar.close()
     return out
@@ -270,12 +276,12 @@ def write_tokens(path: str | Path, segs: list[Segmentation], regions_per_seg=Non
 
 def segment_to_dir(encoder: MergeDNAModel, fasta, out: str | Path, regions: list[str] | None = None,
                    annotation: str | Path | None = None, annotation_format: str = "bed", bed_type_column: int = 4,
-                   batch_size: int = 8, progress: bool = False) -> dict:
+                   batch_size: int = 8, progress: bool = False, precision: str = "fp32") -> dict:
     """Segment ``fasta`` (:func:`segment_fasta`) and write ``out/tokens.tsv``, ``out/token_lengths.png`` and,
     with an ``annotation`` file (BED or GFF3), ``out/region_stats.json``. Returns ``segmentations``,
     ``regions`` (per segmentation, record coordinates), ``stats`` (:func:`region_stats`, None without
     annotation), ``written`` (file names in ``out``) and the encoder's ``config``."""
-    segs = segment_fasta(encoder, fasta, regions, batch_size=batch_size, progress=progress)
+    segs = segment_fasta(encoder, fasta, regions, batch_size=batch_size, progress=progress, precision=precision)
     intervals = read_annotation(annotation, annotation_format, bed_type_column) if annotation else None
     per_seg = [record_regions(intervals, s.record, s.offset + len(s.ids)) if intervals else [] for s in segs]
     out = Path(out)

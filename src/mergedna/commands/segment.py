@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from ..segment import format_tokens, segment_fasta, segment_to_dir
-from ._common import add_fasta_regions, encoder_from_args, signature_defaults
+from ._common import add_fasta_regions, add_precision, encoder_from_args, signature_defaults
 
 DEFAULTS = signature_defaults(segment_fasta)
 
@@ -25,6 +25,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="print the tokens of the first SHOW bases of each record (default: %(default)s)")
     p.add_argument("--all", action="store_true", help="print every base")
     p.add_argument("--out", required=True, help="output directory")
+    add_precision(p, DEFAULTS["precision"], "bf16 scores can move a boundary")
     p.set_defaults(func=run)
     return p
 
@@ -55,7 +56,7 @@ def run(args) -> int:
         print(note)
     done = segment_to_dir(encoder, args.fasta, args.out, args.region, annotation=args.bed or args.gff,
                           annotation_format="bed" if args.bed else "gff", bed_type_column=args.bed_type_column,
-                          batch_size=args.batch_size, progress=True)
+                          batch_size=args.batch_size, progress=True, precision=args.precision)
     print_segmentation(done["segmentations"], done["config"], None if args.all else args.show)
     if done["stats"] is not None:
         print_region_stats(done["stats"])
