@@ -393,8 +393,9 @@ def training_warnings(history: dict) -> list[str]:
     curve = history.get("dev_curve") or []
     if curve and all(row["dev"].get("predicted_classes") == 1 for row in curve):
         return [f"the model predicted a single class at all {len(curve)} dev evaluations: it did not learn "
-                "(loss stayed near the class prior). From random init try a lower lr (e.g. 1e-4) or more "
-                "steps; see docs/finetuning.md, 'When the model does not learn'"]
+                "(loss stayed near the class prior). From random init try --mlm-weight 1 (a masked loss on the "
+                "task's own sequences), a pretrained --model, or more steps; see docs/finetuning.md, 'When the "
+                "model does not learn'"]
     return []
 
 
