@@ -22,7 +22,7 @@ from mergedna.config import POOLINGS
 from mergedna.config import preset as preset_config
 from mergedna.data.task_batching import collate_labelled
 from mergedna.data.tasks import load_task
-from mergedna.finetune import head_lr_scales
+from mergedna.finetune import FinetuneSettings, head_lr_scales
 from mergedna.heads import HEAD_LR_RULES, SIZED_POOLINGS, MergeDNAForSequenceClassification
 from mergedna.provenance import run_metadata
 from mergedna.seqio import write_json_atomic
@@ -30,7 +30,7 @@ from mergedna.training.optim import adamw, lr_factor, param_groups
 
 
 def probe(task: str, preset: str, pooling: str, lr: float, steps: int, batch_size: int, warmup: int,
-          clip: float, seed: int, every: int, head_lr_scale: str = "sqrt_fan_in") -> list[dict]:
+          clip: float, seed: int, every: int, head_lr_scale: str = FinetuneSettings.head_lr_scale) -> list[dict]:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     loaded = load_task(task)
@@ -41,16 +41,16 @@ def probe(task: str, preset: str, pooling: str, lr: float, steps: int, batch_siz
     model = MergeDNAForSequenceClassification(config).train()
     # the flatten layer's lr scaling, as `mergedna finetune --head-lr-scale` (heads.SequencePooler.lr_scales)
     optimizer = adamw(param_groups(model.named_parameters(), 0.01, lr, head_lr_scales(model, head_lr_scale)), lr=lr)
-    peaks = [group["lr"] for group in optimizer.param_groups]
+    # the same schedule mechanism as finetune: each group's own peak lr × the warm-up/decay factor
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, steps, "linear"))
     rows, losses, spreads, t0 = [], [], [], time.time()
     for step in range(1, steps + 1):
-        for group, peak in zip(optimizer.param_groups, peaks):
-            group["lr"] = peak * lr_factor(step - 1, warmup, steps, "linear")
         batch = collate_labelled([train[int(i)] for i in rng.choice(len(train), batch_size, replace=False)])
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         optimizer.step()
+        scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(out.loss.item())
         spreads.append(out.pooled.detach().float().std(0).mean().item())
@@ -72,7 +72,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--clip", type=float, default=1.0)
-    p.add_argument("--head-lr-scale", default="sqrt_fan_in", choices=HEAD_LR_RULES,
+    p.add_argument("--head-lr-scale", default=FinetuneSettings.head_lr_scale, choices=HEAD_LR_RULES,
                    help="the flatten layer's lr rule, as mergedna finetune (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--every", type=int, default=50, help="steps per printed row (running means over them)")

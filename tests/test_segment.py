@@ -11,7 +11,7 @@ import torch
 
 import mergedna.commands.segment as segment_cmd
 from mergedna.embed import load_encoder
-from mergedna.segment import parse_region, read_annotation, record_regions
+from mergedna.segment import parse_region, read_annotation, record_regions, segment_fasta
 from mergedna.vocab import encode
 
 from mergedna_testing import FIXTURES, read_fasta_simple
@@ -137,8 +137,6 @@ def test_sub_region_and_annotation_mapping(tmp_path, capsys):
 @pytest.mark.parametrize("precision, autocast_on", [("fp32", False), ("bf16", True)])
 def test_segment_precision_reaches_the_tokenizer(checkpoint, precision, autocast_on):
     """--precision is not only recorded: the tokenizer runs under bf16 autocast exactly when asked."""
-    from mergedna.segment import segment_fasta
-
     encoder = load_encoder(checkpoint)
     seen = []
     encoder.local_encoder.register_forward_pre_hook(lambda *_: seen.append(torch.is_autocast_enabled("cpu")))
