@@ -24,6 +24,8 @@ from mergedna.finetune import (FinetuneSettings, TaskSetupError, apply_lora, cla
                                finetune, fit)
 from mergedna.heads import MergeDNAForSequenceClassification
 from mergedna.precision import resolve
+from mergedna.runs import FIT_STATE, RunFolderError
+from mergedna.vocab import SequenceFileError
 
 from mergedna_testing import FIXTURES
 
@@ -188,6 +190,83 @@ def test_evaluations_at_the_class_prior_do_not_use_up_patience():
     settings = FinetuneSettings(max_steps=7, eval_every=1, patience=2, lr=1e-3, precision="fp32")
     history = fit(model, loader, scripted_dev, settings, progress=False)
     assert history["stopped_early"] and history["steps"] == 6 and history["best_step"] == 4
+
+
+class Killed(Exception):
+    """Stands for a kill (end of a session, an out-of-memory kill) in the middle of a run."""
+
+
+def die_at_dev_evaluation(monkeypatch, n: int) -> None:
+    """Make the ``n``-th dev evaluation of the next runs raise :class:`Killed`."""
+    real, calls = finetune_mod.evaluate, []
+
+    def dying(model, loader, split, precision="auto", name="eval", progress=False):
+        calls.append(name)
+        if name == "dev" and calls.count("dev") == n:
+            raise Killed
+        return real(model, loader, split, precision, name, progress)
+
+    monkeypatch.setattr(finetune_mod, "evaluate", dying)
+
+
+def comparable(result: dict) -> dict:
+    """What a run learned and measured, without its timings."""
+    curve = [{k: v for k, v in c.items() if k != "epoch"} for c in result["dev_curve"]]
+    return {"curve": curve, "test": result["test"], "best_step": result["best_step"], "steps": result["steps"],
+            "sequences_seen": result["sequences_seen"]}
+
+
+RESUMABLE_RUN = dict(preset="tiny", seed=1, mlm_weight=1.0, **{**QUICK, "max_steps": 8, "patience": None})
+
+
+def test_a_killed_run_resumes_exactly_where_its_last_dev_evaluation_left_it(tmp_path, monkeypatch):
+    """Killed in its third dev evaluation (step 6; the state was written at step 4, in the middle of the
+    second epoch), ``resume`` ends with the dev curve, test metrics and weights of the run that never stopped:
+    the batches, the classifier's dropout and the auxiliary loss's masks continue, they do not restart."""
+    whole = finetune(SPLICE3, tmp_path / "whole", **RESUMABLE_RUN)
+    cut = tmp_path / "cut"
+    die_at_dev_evaluation(monkeypatch, 3)
+    with pytest.raises(Killed):
+        finetune(SPLICE3, cut, **RESUMABLE_RUN)
+    monkeypatch.undo()
+    assert (cut / FIT_STATE).is_file() and not (cut / "metrics.json").exists()
+    with pytest.raises(RunFolderError, match="--resume to continue it"):
+        finetune(SPLICE3, cut, **RESUMABLE_RUN)
+    with pytest.raises(RunFolderError, match="settings differ"):
+        finetune(SPLICE3, cut, resume=True, **{**RESUMABLE_RUN, "lr": 5e-4})
+    resumed = finetune(SPLICE3, cut, resume=True, **RESUMABLE_RUN)
+    assert resumed["resumed_at_step"] == 4 and "resumed_at_step" not in whole
+    assert comparable(resumed) == comparable(whole)
+    weights = [MergeDNAForSequenceClassification.from_pretrained(d / "model").state_dict() for d in (cut, tmp_path / "whole")]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[1])
+    assert not (cut / FIT_STATE).exists() and len(json.loads((cut / "run.json").read_text())["resumed"]) == 1
+    assert finetune(SPLICE3, cut, resume=True, **RESUMABLE_RUN) == json.loads((cut / "metrics.json").read_text())
+
+
+def test_an_unreadable_fine_tuning_state_is_named_not_half_used(tmp_path, monkeypatch):
+    die_at_dev_evaluation(monkeypatch, 2)
+    with pytest.raises(Killed):
+        finetune(SPLICE3, tmp_path / "cut", **RESUMABLE_RUN)
+    monkeypatch.undo()
+    (tmp_path / "cut" / FIT_STATE).write_bytes(b"not a torch file")
+    with pytest.raises(SequenceFileError, match="finetune_state.pt.*cannot read this fine-tuning state"):
+        finetune(SPLICE3, tmp_path / "cut", resume=True, **RESUMABLE_RUN)
+    assert not (tmp_path / "cut" / "metrics.json").exists()
+
+
+def test_benchmark_continues_an_unfinished_run_instead_of_redoing_it(tmp_path, monkeypatch):
+    root = tmp_path / "gue"
+    shutil.copytree(SPLICE3, root / "tf" / "0")
+    kwargs = dict(tasks=["tf/0"], seeds=1, first_seed=1, **{k: v for k, v in RESUMABLE_RUN.items() if k != "seed"})
+    whole = run_benchmark("gue", root, tmp_path / "whole", **kwargs)
+    die_at_dev_evaluation(monkeypatch, 3)
+    with pytest.raises(Killed):
+        run_benchmark("gue", root, tmp_path / "cut", **kwargs)
+    monkeypatch.undo()
+    again = run_benchmark("gue", root, tmp_path / "cut", **kwargs)
+    run = tmp_path / "cut" / "runs" / "tf" / "0" / "seed1"
+    assert json.loads((run / "metrics.json").read_text())["resumed_at_step"] == 4
+    assert again["runs"][0]["test"] == whole["runs"][0]["test"]
 
 
 def test_task_without_train_needs_train_on_dev(tmp_path):

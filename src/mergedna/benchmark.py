@@ -4,8 +4,10 @@ published MergeDNA numbers (docs/method.md §8–9).
 ``run_benchmark`` fine-tunes every task of a suite with every seed, each run in its own folder
 ``<out>/runs/<task>/seed<k>/``. After every finished run it rewrites ``<out>/results.json`` and
 ``<out>/results.md`` (atomically), so a crash loses nothing already done; a rerun with the same
-``out`` reuses every run whose ``metrics.json`` exists and refuses to mix runs made with another
-model or other settings.
+``out`` reuses every run whose ``metrics.json`` exists, continues every unfinished one from its last dev
+evaluation (its ``finetune_state.pt``: exact resume, so a benchmark killed mid-run, e.g. at the end of a
+session, loses at most one evaluation interval) and refuses to mix runs made with another model or
+other settings.
 
 With ``baselines`` (``cnn``, ``kmer``: :mod:`mergedna.baselines`) every task and seed also
 trains those references on the same splits with the same seed, each to
@@ -34,6 +36,7 @@ from .data.task_formats import find_split_files
 from .data.tasks import load_task
 from .finetune import FinetuneSettings, finetune
 from .provenance import run_metadata, write_json_atomic, write_text_atomic
+from .runs import FIT_STATE
 
 # docs/method.md §9: MergeDNA (380M), GUE, MCC × 100, per task as published
 PUBLISHED_GUE_MCC = {
@@ -284,9 +287,10 @@ def run_benchmark(suite: str, data_root: str | os.PathLike, out: str | os.PathLi
                         f"use another --out, or delete that run to redo it")
                 results["skipped"].append(f"{task}/seed{seed}")
             else:
+                resume = (run_dir / FIT_STATE).is_file()  # an unfinished run continues from its last dev evaluation
                 metrics = finetune(data_root / task, run_dir, model=model, preset=preset,
                                    layout=SUITES[suite]["layout"], seed=seed, command=command, progress=progress,
-                                   save_model=save_models, overwrite=True, **settings)  # an unfinished run is redone
+                                   save_model=save_models, overwrite=not resume, resume=resume, **settings)
             record = _run_record(task, seed, run_dir, metrics)
             results["runs"].append(record)
             flush()

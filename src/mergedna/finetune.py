@@ -58,8 +58,8 @@ from .objectives import MergeDNAPretrainer, ObjectiveConfig, step_generator
 from .precision import PRECISIONS, autocast, resolve
 from .pretrained import load_config
 from .provenance import run_metadata
-from .runs import claim_run_dir
-from .seqio import atomic_path, write_json_atomic
+from .runs import FIT_STATE, claim_run_dir
+from .seqio import SequenceFileError, atomic_path, write_json_atomic
 from .training.optim import adamw, lr_factor, param_groups
 from .training.trainer import apply_block_options
 
@@ -274,11 +274,14 @@ def evaluate(model, loader, split: LabelledSplit, precision: str = "auto", name:
 
 
 def fit(model, train_loader, evaluate_dev, settings: FinetuneSettings, progress: bool = True,
-        on_best=None, aux: "MaskedModellingLoss | None" = None) -> dict:
+        on_best=None, aux: "MaskedModellingLoss | None" = None, state_path: str | os.PathLike | None = None) -> dict:
     """Train ``model`` (its parameters with ``requires_grad``) on ``train_loader``; every
     ``eval_every`` steps and at the end call ``evaluate_dev(model) -> metrics``, and
     ``on_best(model, step, dev)`` when the dev score improves (to checkpoint it). Restores the
-    trainable weights of the best dev evaluation (first one wins ties). Returns the history:
+    trainable weights of the best dev evaluation (first one wins ties). With ``state_path``, the whole
+    training state is written there (atomically) after each dev evaluation, and a state found there at
+    the start is resumed: the run then continues exactly as if it had not stopped (same batches,
+    dropout draws and masks; :func:`save_fit_state`). Returns the history:
     ``dev_curve``, ``best_step``, ``best_dev``, ``steps``, ``stopped_early``, the ``lr`` used, and the
     cost: ``epochs_done``, ``sequences_seen``, ``train_seconds`` (training steps only),
     ``eval_seconds`` (dev evaluations) and training ``sequences_per_s``."""
@@ -296,13 +299,25 @@ def fit(model, train_loader, evaluate_dev, settings: FinetuneSettings, progress:
     optimizer = adamw(param_groups(stepped, settings.weight_decay, lr, scales), lr=lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total, settings.schedule))
     curve, best, best_state, bad, losses = [], None, None, 0, []
-    step, epoch, stopped_early = 0, 0, False
-    seen, train_seconds, eval_seconds, tick = 0, 0.0, 0.0, time.perf_counter()
-    bar = tqdm(total=total, desc="fine-tune", disable=not progress, dynamic_ncols=True)
+    step, epoch, start, stopped_early = 0, 0, 0, False
+    seen, train_seconds, eval_seconds, resumed, rng = 0, 0.0, 0.0, {}, None
+    if state_path is not None and Path(state_path).is_file():
+        saved = load_fit_state(state_path, stepped, optimizer, scheduler, total)
+        step, epoch, start, curve, bad, rng = (saved[k] for k in ("step", "epoch", "batch_in_epoch", "curve", "bad",
+                                                                  "torch_rng"))
+        best, best_state = tuple(saved["best"]), saved["best_state"]
+        seen, train_seconds, eval_seconds = saved["seen"], saved["train_seconds"], saved["eval_seconds"]
+        resumed = {"resumed_at_step": step, "resumed_seconds": round(train_seconds + eval_seconds, 2)}
+    tick = time.perf_counter()
+    bar = tqdm(total=total, initial=step, desc="fine-tune", disable=not progress, dynamic_ncols=True)
     model.train()
     while step < total and not stopped_early:
-        train_loader.batch_sampler.set_epoch(epoch)
-        for batch in train_loader:
+        train_loader.batch_sampler.set_epoch(epoch, start)
+        batches = iter(train_loader)  # draws a seed from torch's global generator, as it did in the stopped run
+        if rng is not None:           # before its state was saved: so the saved state is set after the draw
+            torch.set_rng_state(rng)
+            rng = None
+        for batch_in_epoch, batch in enumerate(batches, start=start + 1):
             seen += len(batch["labels"])
             with autocast(settings.precision):
                 loss = task_loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
@@ -346,9 +361,14 @@ def fit(model, train_loader, evaluate_dev, settings: FinetuneSettings, progress:
                     stopped_early = settings.patience is not None and bad >= settings.patience
                 bar.set_postfix(loss=f"{curve[-1]['train_loss']:.4f}",
                                 **{f"dev_{settings.select_metric}": f"{score:.3f}"})
+                if state_path is not None and step < total and not stopped_early:
+                    save_fit_state(state_path, stepped, optimizer, scheduler, total=total, step=step, epoch=epoch,
+                                   batch_in_epoch=batch_in_epoch, curve=curve, best=best, best_state=best_state,
+                                   bad=bad, seen=seen, train_seconds=train_seconds, eval_seconds=eval_seconds)
+                    tick = time.perf_counter()  # writing the state is neither training nor evaluation
             if step >= total or stopped_early:
                 break
-        epoch += 1
+        epoch, start = epoch + 1, 0
     bar.close()
     train_seconds += time.perf_counter() - tick
     with torch.no_grad():
@@ -358,7 +378,40 @@ def fit(model, train_loader, evaluate_dev, settings: FinetuneSettings, progress:
             "eval_every": eval_every, "warmup_steps": warmup, "stopped_early": stopped_early,
             "steps_per_epoch": steps_per_epoch, "lr": lr, "epochs_done": round(step / steps_per_epoch, 3),
             "sequences_seen": seen, "train_seconds": round(train_seconds, 2), "eval_seconds": round(eval_seconds, 2),
-            "sequences_per_s": round(seen / max(train_seconds, 1e-9), 1)}
+            "sequences_per_s": round(seen / max(train_seconds, 1e-9), 1), **resumed}
+
+
+def save_fit_state(path, stepped, optimizer, scheduler, **loop) -> None:
+    """Write what :func:`fit` needs to continue exactly: the trained parameters (``stepped``: the model's
+    trainable ones and the auxiliary decoders', by name), optimizer and schedule, torch's global generator
+    (dropout), and the loop's counters, curve and best-on-dev state (``loop``). One ``torch.save`` through
+    a temporary file and a rename, so a kill at any moment leaves the previous state or this one."""
+    state = {"params": {n: p.detach().clone() for n, p in stepped}, "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(), **loop}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_fit_state(path, stepped, optimizer, scheduler, total: int) -> dict:
+    """Load a :func:`save_fit_state` file into the parameters, optimizer and schedule; return the rest (the
+    loop's entries and ``torch_rng``, which :func:`fit` sets once the epoch's data iterator exists). Raises :class:`~mergedna.seqio.SequenceFileError` (naming the file) when it
+    cannot be read or belongs to another run (other trainable parameters or step count)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle, zip and torch each raise their own kind
+        raise SequenceFileError(f"cannot read this fine-tuning state ({type(err).__name__}: {err}); delete it to "
+                                "start the run again", file=path) from None
+    names = [n for n, _ in stepped]
+    if sorted(state["params"]) != sorted(names) or state["total"] != total:
+        raise SequenceFileError(f"this fine-tuning state belongs to another run ({state['total']} steps, "
+                                f"{len(state['params'])} trained tensors; this run: {total}, {len(names)}); "
+                                "delete it or use --overwrite", file=path)
+    with torch.no_grad():
+        for name, param in stepped:
+            param.copy_(state["params"][name])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    return state
 
 
 class MaskedModellingLoss(torch.nn.Module):
@@ -437,9 +490,9 @@ def _write_predictions(path: Path, split: LabelledSplit, probs: np.ndarray, labe
 
 
 def train_selected_on_dev(task: Task, splits: dict[str, LabelledSplit], model, preset, seed: int,
-                          settings: FinetuneSettings, progress: bool = True, on_best=None):
+                          settings: FinetuneSettings, progress: bool = True, on_best=None, state_path=None):
     """Seed, build the classifier (LoRA-wrapped when asked), :func:`fit` it on ``splits["train"]``
-    selecting on ``splits["dev"]``. Returns ``(classifier with the best-on-dev weights, adapters
+    selecting on ``splits["dev"]`` (saving and resuming its state at ``state_path`` when given). Returns ``(classifier with the best-on-dev weights, adapters
     merged; source notes; fit history; trainable parameter count)``. Test is never touched."""
     random.seed(seed)
     np.random.seed(seed)
@@ -459,7 +512,7 @@ def train_selected_on_dev(task: Task, splits: dict[str, LabelledSplit], model, p
     aux = MaskedModellingLoss(classifier, seed, model) if settings.mlm_weight > 0 else None
     history = fit(net, train_loader,
                   lambda m: evaluate(m, dev_loader, splits["dev"], settings.precision, "dev"), settings, progress,
-                  on_best=on_best, aux=aux)
+                  on_best=on_best, aux=aux, state_path=state_path)
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
     if settings.lora_rank > 0:
         classifier = net.merge_and_unload()
@@ -478,14 +531,17 @@ def sweep_grid(init: str, settings: FinetuneSettings, lora_ranks=None, poolings=
 
 def finetune(task, out: str | os.PathLike | None = None, *, model: str | os.PathLike | None = None,
              preset: str | None = None, layout: str = "auto", seed: int = 0, command: str | None = None,
-             progress: bool = True, save_model: bool = True, overwrite: bool = False, task_options: dict | None = None,
+             progress: bool = True, save_model: bool = True, overwrite: bool = False, resume: bool = False,
+             task_options: dict | None = None,
              baselines=(), sweep: bool = False, sweep_lora_ranks=None, sweep_poolings=None, **settings) -> dict:
     """Fine-tune on ``task`` (a :class:`Task` or a path read with ``layout``) and evaluate once on test.
 
     With ``out``, first claims it as this run's folder and writes ``run.json`` (settings, provenance;
     :func:`mergedna.runs.claim_run_dir`, ``overwrite`` deletes a run already there), saves the best-on-dev
     model to ``model/`` each time dev improves (with ``save_model``), then writes the other files of the
-    module docstring. ``task_options`` go to the task loader (e.g. ``sequence_column``).
+    module docstring. ``resume`` continues the unfinished run in ``out`` exactly where its last dev evaluation
+    left it (its :data:`FIT_STATE`; the same settings are required), or returns the metrics of a finished one.
+    ``task_options`` go to the task loader (e.g. ``sequence_column``).
     ``settings`` are :class:`FinetuneSettings` fields. Returns what ``out/metrics.json`` holds
     (when ``out`` is given): task and split notes, model source and config, settings, seed, run
     metadata (:func:`run_metadata`), ``dev_curve``, ``best_step``, ``best_dev``, ``test`` metrics
@@ -499,14 +555,18 @@ def finetune(task, out: str | os.PathLike | None = None, *, model: str | os.Path
     """
     if (sweep_lora_ranks is not None or sweep_poolings is not None) and not sweep:
         raise ValueError("sweep_lora_ranks and sweep_poolings choose what --sweep varies: they need sweep=True")
+    if resume and (out is None or sweep):
+        raise ValueError("resume continues the one model of a run folder: it needs out and no sweep")
     given = settings
     settings = FinetuneSettings(**settings)
     started = time.time()
     if out is not None:
         source = {"task": task if not isinstance(task, Task) else task.name, "model": model, "preset": preset,
                   "layout": layout, "seed": seed, "task_options": task_options, **dataclasses.asdict(settings)}
-        claim_run_dir(out, "finetune", json.loads(json.dumps(source, default=str)), overwrite=overwrite,
-                      meta=run_metadata(command))
+        claim_run_dir(out, "finetune", json.loads(json.dumps(source, default=str)), resume=resume,
+                      overwrite=overwrite, meta=run_metadata(command))
+        if resume and (Path(out) / "metrics.json").is_file():  # finished: nothing to continue
+            return json.loads((Path(out) / "metrics.json").read_text())
     if not isinstance(task, Task):
         task = load_task(task, layout, **(task_options or {}))
     splits, notes = prepare_splits(task, settings)
@@ -521,8 +581,9 @@ def finetune(task, out: str | os.PathLike | None = None, *, model: str | os.Path
     trials, best = [], None
     for point in points:
         trial_settings = dataclasses.replace(settings, **point)
-        classifier, source, history, trainable = train_selected_on_dev(task, splits, model, preset, seed,
-                                                                       trial_settings, progress, on_best)
+        classifier, source, history, trainable = train_selected_on_dev(
+            task, splits, model, preset, seed, trial_settings, progress, on_best,
+            state_path=Path(out) / FIT_STATE if out is not None and len(points) == 1 else None)
         score = history["best_dev"][settings.select_metric]
         score = -math.inf if score is None else score
         trials.append({**point, "best_dev": history["best_dev"], "best_step": history["best_step"],
@@ -535,7 +596,7 @@ def finetune(task, out: str | os.PathLike | None = None, *, model: str | os.Path
                                                 classifier.config.max_length, settings.length_policy, shuffle=False),
                     splits["test"], settings.precision, "test", progress)
     probs = test.pop("probs")
-    seconds = round(time.time() - started, 1)
+    seconds = round(time.time() - started + history.get("resumed_seconds", 0.0), 1)  # + the stopped part's training
     reference = {}
     if baselines:
         from .baselines import run_baseline
@@ -566,4 +627,5 @@ def finetune(task, out: str | os.PathLike | None = None, *, model: str | os.Path
         for name, r in reference.items():
             write_json_atomic(out / "baselines" / f"{name}.json", {**r, "seed": seed, **run_metadata(command)})
         write_json_atomic(out / "metrics.json", result)
+        (out / FIT_STATE).unlink(missing_ok=True)  # after metrics.json: a kill in between leaves a finished run
     return result

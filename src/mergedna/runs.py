@@ -27,9 +27,10 @@ from pathlib import Path
 from .seqio import SequenceFileError, remove_stale_temps, write_json_atomic
 
 RUN_RECORD = "run.json"
+FIT_STATE = "finetune_state.pt"  # an unfinished fine-tuning run's training state, deleted when it finishes
 # every file or folder a pretraining or fine-tuning run writes at the top of its folder
 RUN_FILES = (RUN_RECORD, "run_config.json", "metrics.jsonl", "metrics.json", "summary.json", "curves.png",
-             "dev_curve.png", "test_predictions.tsv", "checkpoints", "model")
+             "dev_curve.png", "test_predictions.tsv", "checkpoints", "model", FIT_STATE)
 # settings that may change between a run and its --resume
 RESUMABLE = frozenset({"resume", "overwrite", "steps", "time_limit", "progress", "device", "log_every", "val_every",
                        "ckpt_every", "keep_last", "compile", "activation_checkpointing", "cache_dir", "max_bad_steps",
@@ -109,7 +110,7 @@ def claim_run_dir(out: str | os.PathLike, command: str, settings: dict, resume: 
                                  "same settings, or start again with --overwrite")
     elif held is not None:
         started = f", started {record['started']}" if record and record.get("started") else ""
-        hint = "--resume to continue it, " if command == held and command == "pretrain" else ""
+        hint = "--resume to continue it, " if command == held else ""
         raise RunFolderError(f"--out {out} already holds a {held} run{started}; pass {hint}--overwrite to delete it "
                              "and start again, or choose another --out")
     out.mkdir(parents=True, exist_ok=True)

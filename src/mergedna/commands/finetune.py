@@ -28,7 +28,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                                              "sequence/seq/dna)")
     p.add_argument("--label-column", help="CSV/TSV label column, by name or 0-based index (default: label/class/...)")
     p.add_argument("--out", required=True, help="output folder (a new one, or one holding no run)")
-    p.add_argument("--overwrite", action="store_true", help="--out holds another run: delete its files first")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--overwrite", action="store_true", help="--out holds another run: delete its files first")
+    again.add_argument("--resume", action="store_true",
+                       help="continue the unfinished run in --out from its last dev evaluation, exactly (same "
+                            "settings required); a finished run is only printed")
     p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
     p.add_argument("--sweep", action="store_true",
                    help="train one model per lr x weight decay (x --sweep-lora-ranks x --sweep-poolings) and "
@@ -110,7 +114,8 @@ def finetune_kwargs(args) -> dict:
                                                              ("label_column", args.label_column)) if v is not None}
     baselines = ["cnn", "kmer"] if args.baselines == [] else args.baselines or ()
     return dict(task=args.task, out=args.out, model=args.model, preset=args.preset, layout=args.layout,
-                seed=args.seed, progress=not args.no_progress, overwrite=args.overwrite, task_options=columns,
+                seed=args.seed, progress=not args.no_progress, overwrite=args.overwrite, resume=args.resume,
+                task_options=columns,
                 baselines=tuple(baselines), sweep=args.sweep, sweep_lora_ranks=args.sweep_lora_ranks,
                 sweep_poolings=args.sweep_poolings,
                 **settings_from_args(args))

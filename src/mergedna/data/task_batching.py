@@ -99,7 +99,8 @@ class LengthBucketSampler(Sampler[list[int]]):
     Training (``shuffle=True``): each epoch, rows are permuted, cut into buckets of
     ``bucket_size`` rows (default 100 batches, rounded up to whole batches), sorted by length
     inside each bucket, batched, and the batch order shuffled. The draw depends only on
-    ``(seed, epoch)``: call :meth:`set_epoch` before each epoch. Evaluation (``shuffle=False``):
+    ``(seed, epoch)``: call :meth:`set_epoch` before each epoch (``start`` skips that epoch's first
+    batches, to resume mid-epoch without loading them). Evaluation (``shuffle=False``):
     all rows sorted by length (stable), batched in that order.
 
     Every row appears exactly once per epoch, except that ``drop_last`` drops the one short batch
@@ -128,10 +129,10 @@ class LengthBucketSampler(Sampler[list[int]]):
         bucket = bucket_size or 100 * batch_size
         self.bucket_size = -(-bucket // batch_size) * batch_size  # whole batches per bucket
         self.drop_last, self.num_replicas, self.rank = drop_last, num_replicas, rank
-        self.epoch = 0
+        self.epoch, self.start = 0, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
 
     def _batches(self) -> list[np.ndarray]:
         n, bs = len(self.lengths), self.batch_size
@@ -160,7 +161,7 @@ class LengthBucketSampler(Sampler[list[int]]):
         return batches
 
     def __iter__(self):
-        for batch in self._batches():
+        for batch in self._batches()[self.start:]:
             yield batch.tolist()
 
     def __len__(self) -> int:
