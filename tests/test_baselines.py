@@ -58,6 +58,19 @@ def test_baselines_beat_chance_on_real_splice_data(splice):
     assert len(cnn["dev_curve"]) == 3 and cnn["best_dev"] == cnn["dev_curve"][cnn["best_epoch"] - 1]["dev"]
 
 
+def test_cnn_step_cap_stops_mid_epoch_at_another_models_budget(splice):
+    """max_steps gives the CNN exactly another model's training budget: it stops there, mid-epoch,
+    evaluates dev at that point, and says how many sequences it saw."""
+    _, splits = splice
+    capped = train_cnn(splits, 3, seed=0, settings=CNNSettings(max_steps=50))
+    per_epoch = -(-len(splits["train"]) // 64)
+    assert 50 > per_epoch  # the cap falls in the second epoch
+    assert capped["steps"] == 50 and [c["step"] for c in capped["dev_curve"]] == [per_epoch, 50]
+    seen = len(splits["train"]) + (50 - per_epoch) * 64  # one whole epoch, then full batches
+    assert capped["sequences_seen"] == seen and capped["epochs_done"] == round(seen / len(splits["train"]), 3)
+    assert capped["test_evaluations"] == 1
+
+
 def test_baselines_select_on_dev_only(splice):
     _, splits = splice
     bad = adversarial(splits)
