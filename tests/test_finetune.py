@@ -97,13 +97,17 @@ def test_a_run_that_predicts_one_class_at_every_dev_evaluation_says_it_did_not_l
         return {**out, **finetune_mod.classification_metrics(split.labels, probs), "probs": probs}
 
     monkeypatch.setattr(finetune_mod, "evaluate", one_class)
-    result = finetune(SPLICE3, tmp_path / "run", preset="tiny", **QUICK)
+    result = finetune(SPLICE3, tmp_path / "run", preset="tiny", **QUICK, mlm_on_collapse=0)
     assert len(result["warnings"]) == 1 and "did not learn" in result["warnings"][0]
+    assert "--mlm-weight 1" in result["warnings"][0]
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["warnings"] == result["warnings"]
     finetune_cmd.print_result(result)
     assert "WARNING: the model predicted a single class at all 2 dev evaluations" in capsys.readouterr().out
     learned = {"dev_curve": [{"dev": {"predicted_classes": 1}}, {"dev": {"predicted_classes": 2}}]}
     assert finetune_mod.training_warnings(learned) == []
+    rescued = finetune(SPLICE3, tmp_path / "rescued", preset="tiny", **QUICK)  # the default switches the loss on
+    assert rescued["mlm_switched_at"] == 4 and "switched on from step 5" in rescued["warnings"][0]
+    assert "did not learn" in rescued["warnings"][1] and "--mlm-weight" not in rescued["warnings"][1]
 
 
 def test_finetune_cli_from_checkpoint(tmp_path, checkpoint, capsys):
@@ -216,14 +220,16 @@ def comparable(result: dict) -> dict:
             "sequences_seen": result["sequences_seen"]}
 
 
-RESUMABLE_RUN = dict(preset="tiny", seed=1, mlm_weight=1.0, **{**QUICK, "max_steps": 8, "patience": None})
+RESUMABLE_RUN = dict(preset="tiny", seed=1, **{**QUICK, "max_steps": 8, "patience": None})
 
 
 def test_a_killed_run_resumes_exactly_where_its_last_dev_evaluation_left_it(tmp_path, monkeypatch):
     """Killed in its third dev evaluation (step 6; the state was written at step 4, in the middle of the
     second epoch), ``resume`` ends with the dev curve, test metrics and weights of the run that never stopped:
-    the batches, the classifier's dropout and the auxiliary loss's masks continue, they do not restart."""
+    the batches, the classifier's dropout, the auxiliary loss (switched on at step 4) and its masks continue,
+    they do not restart."""
     whole = finetune(SPLICE3, tmp_path / "whole", **RESUMABLE_RUN)
+    assert whole["mlm_switched_at"] == 4  # the standby masked loss is on in the resumed part: its state resumes too
     cut = tmp_path / "cut"
     die_at_dev_evaluation(monkeypatch, 3)
     with pytest.raises(Killed):
@@ -428,7 +434,7 @@ def test_auxiliary_masked_modelling_trains_the_shared_encoder(tmp_path):
         saved = MergeDNAForSequenceClassification.from_pretrained(tmp_path / f"m{kw.get('mlm_weight', 0)}" / "model")
         return result, saved.mergedna.state_dict()
 
-    plain, plain_state = encoder_after()
+    plain, plain_state = encoder_after(mlm_on_collapse=0.0)
     aux, aux_state = encoder_after(mlm_weight=1.0)
     assert all("train_mlm_loss" not in c for c in plain["dev_curve"])
     assert all(0.5 < c["train_mlm_loss"] < 3.0 for c in aux["dev_curve"])  # ~ln 4 per masked base at the start
@@ -437,6 +443,43 @@ def test_auxiliary_masked_modelling_trains_the_shared_encoder(tmp_path):
     assert not any("decoder" in k for k in aux_state)
     with pytest.raises(ValueError, match="mlm_weight"):
         FinetuneSettings(mlm_weight=-1.0)
+    with pytest.raises(ValueError, match="mlm_on_collapse"):
+        FinetuneSettings(mlm_on_collapse=-1.0)
+
+
+def scripted_classes(monkeypatch, classes: list[int]) -> None:
+    """Dev evaluations report ``classes[i]`` predicted classes at the i-th call (real metrics otherwise)."""
+    real, calls = finetune_mod.evaluate, iter(classes)
+
+    def scripted(model, loader, split, precision="auto", name="eval", progress=False):
+        out = real(model, loader, split, precision, name, progress)
+        return {**out, "predicted_classes": next(calls)} if name == "dev" else out
+
+    monkeypatch.setattr(finetune_mod, "evaluate", scripted)
+
+
+def test_the_masked_loss_stands_by_until_dev_predicts_one_class(tmp_path, monkeypatch):
+    """Default recipe (mlm_on_collapse 1): a run whose dev predicts two classes is, bit for bit, the run
+    without the standby loss (its decoders are built without moving the dropout generator); one whose
+    first evaluation predicts one class keeps learning alone, one whose first two do gets the masked loss from the
+    next step on."""
+    kw = dict(preset="tiny", seed=2, **{**QUICK, "max_steps": 8, "patience": None})
+    scripted_classes(monkeypatch, [1, 2, 1, 2])
+    standby = finetune(SPLICE3, tmp_path / "standby", **kw)
+    monkeypatch.undo()
+    scripted_classes(monkeypatch, [1, 2, 1, 2])
+    off = finetune(SPLICE3, tmp_path / "off", **kw, mlm_on_collapse=0)
+    assert standby["mlm_switched_at"] is None and comparable(standby) == comparable(off)
+    weights = [MergeDNAForSequenceClassification.from_pretrained(tmp_path / d / "model").state_dict()
+               for d in ("standby", "off")]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[1])
+    monkeypatch.undo()
+    scripted_classes(monkeypatch, [2, 1, 1, 2])  # evaluations at steps 2, 4, 6, 8
+    switched = finetune(SPLICE3, tmp_path / "switched", **kw)
+    assert switched["mlm_switched_at"] == 6
+    assert ["train_mlm_loss" in c for c in switched["dev_curve"]] == [False, False, False, True]
+    assert [c["train_loss"] for c in switched["dev_curve"][:3]] == [c["train_loss"] for c in off["dev_curve"][:3]]
+    assert switched["dev_curve"][3]["train_loss"] != off["dev_curve"][3]["train_loss"]
 
 
 def test_metrics_record_time_and_throughput(tmp_path):

@@ -71,6 +71,10 @@ LORA_TARGETS = r"mergedna\.(local_encoder|latent_encoder)\.blocks\.\d+\.(attn\.(
 # peak learning rates when none is given: a randomly initialised encoder needs a far larger step than
 # a pretrained one (the paper's fine-tuning grid, for pretrained models, tops out at 1e-4)
 DEFAULT_LR = {"random": 1e-3, "pretrained": 1e-4}
+# dev evaluations in a row that predict a single class before the standby masked loss is switched on: two, as
+# from-scratch UCI splice runs can predict one class at their first evaluation and learn by the second
+# (results/demo, results/position_heads), where collapsed GUE runs stay at the prior for many (tf/0, mouse/0)
+COLLAPSE_EVALS = 2
 FLATTEN_MAX_LENGTH = 1024  # pooling="auto" picks mean_flatten for fixed-length tasks up to this many bases
 # --sweep: the paper's grid for pretrained models; "and up" for a randomly initialised one
 SWEEP_LRS = {"pretrained": (1e-5, 5e-5, 1e-4), "random": (1e-4, 3e-4, 1e-3)}
@@ -103,6 +107,8 @@ class FinetuneSettings:
     select_metric: str = "mcc"
     clip: float = 1.0
     mlm_weight: float = 0.0  # > 0: add this × a masked-modelling loss on each training batch's own sequences
+    mlm_on_collapse: float = 1.0  # > 0 (with mlm_weight 0): COLLAPSE_EVALS dev evaluations in a row predicting one
+    #                               class switch that loss on at this weight
     head_lr_scale: str = "sqrt_fan_in"  # the flatten layer's lr: × √(hidden/fan-in), × hidden/fan-in, or "none" (heads.py)
     precision: str = "auto"  # bf16 autocast where it is measured faster (mergedna.precision), else fp32
     compile: bool = False  # torch.compile each transformer block: ~1.25x on short sequences, ~40 s to compile
@@ -127,8 +133,9 @@ class FinetuneSettings:
         for name, (value, allowed) in checks.items():
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-        if self.mlm_weight < 0:
-            raise ValueError(f"mlm_weight must be >= 0, got {self.mlm_weight}")
+        for name in ("mlm_weight", "mlm_on_collapse"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0 < self.dev_fraction < 0.5:
             raise ValueError(f"dev_fraction must be in (0, 0.5), got {self.dev_fraction}")
         self.precision = resolve(self.precision)  # "auto" -> what runs here, so results record it
@@ -278,7 +285,10 @@ def fit(model, train_loader, evaluate_dev, settings: FinetuneSettings, progress:
     """Train ``model`` (its parameters with ``requires_grad``) on ``train_loader``; every
     ``eval_every`` steps and at the end call ``evaluate_dev(model) -> metrics``, and
     ``on_best(model, step, dev)`` when the dev score improves (to checkpoint it). Restores the
-    trainable weights of the best dev evaluation (first one wins ties). With ``state_path``, the whole
+    trainable weights of the best dev evaluation (first one wins ties). ``aux`` (a :class:`MaskedModellingLoss`)
+    is added at ``settings.mlm_weight`` from the first step; with ``mlm_weight`` 0 it stands by, and
+    :data:`COLLAPSE_EVALS` dev evaluations in a row that predict a single class switch it on at
+    ``settings.mlm_on_collapse`` from the next step (the step is returned as ``mlm_switched_at``). With ``state_path``, the whole
     training state is written there (atomically) after each dev evaluation, and a state found there at
     the start is resumed: the run then continues exactly as if it had not stopped (same batches,
     dropout draws and masks; :func:`save_fit_state`). Returns the history:
@@ -293,7 +303,7 @@ def fit(model, train_loader, evaluate_dev, settings: FinetuneSettings, progress:
     own = {id(p) for _, p in trainable}  # the auxiliary decoders train too, but are not the model
     stepped = trainable + ([] if aux is None else [(f"aux.{n}", p) for n, p in aux.named_parameters()
                                                    if p.requires_grad and id(p) not in own])
-    aux_losses = []
+    aux_losses, aux_weight, switched_at, at_prior = [], settings.mlm_weight if aux is not None else 0.0, None, 0
     lr = settings.lr if settings.lr is not None else DEFAULT_LR["pretrained"]
     scales = head_lr_scales(model, settings.head_lr_scale)
     optimizer = adamw(param_groups(stepped, settings.weight_decay, lr, scales), lr=lr)
@@ -305,6 +315,7 @@ def fit(model, train_loader, evaluate_dev, settings: FinetuneSettings, progress:
         saved = load_fit_state(state_path, stepped, optimizer, scheduler, total)
         step, epoch, start, curve, bad, rng = (saved[k] for k in ("step", "epoch", "batch_in_epoch", "curve", "bad",
                                                                   "torch_rng"))
+        aux_weight, switched_at, at_prior = saved["aux_weight"], saved["switched_at"], saved["at_prior"]
         best, best_state = tuple(saved["best"]), saved["best_state"]
         seen, train_seconds, eval_seconds = saved["seen"], saved["train_seconds"], saved["eval_seconds"]
         resumed = {"resumed_at_step": step, "resumed_seconds": round(train_seconds + eval_seconds, 2)}
@@ -322,10 +333,10 @@ def fit(model, train_loader, evaluate_dev, settings: FinetuneSettings, progress:
             with autocast(settings.precision):
                 loss = task_loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                          labels=batch["labels"]).loss
-                if aux is not None:
+                if aux_weight > 0:
                     masked = aux(batch["input_ids"], batch["attention_mask"], step)
                     aux_losses.append(masked.item())
-                    loss = task_loss + settings.mlm_weight * masked
+                    loss = task_loss + aux_weight * masked
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite training loss {loss.item()} at step {step + 1}")
             loss.backward()
@@ -359,12 +370,16 @@ def fit(model, train_loader, evaluate_dev, settings: FinetuneSettings, progress:
                 elif dev.get("predicted_classes", 2) > 1:  # a run still at the class prior has not started
                     bad += 1                                  # to learn: its evaluations do not use up patience
                     stopped_early = settings.patience is not None and bad >= settings.patience
+                at_prior = at_prior + 1 if dev.get("predicted_classes", 2) == 1 else 0
+                if aux is not None and aux_weight == 0 and at_prior >= COLLAPSE_EVALS:
+                    aux_weight, switched_at = settings.mlm_on_collapse, step  # stuck at the prior: give it a signal
                 bar.set_postfix(loss=f"{curve[-1]['train_loss']:.4f}",
                                 **{f"dev_{settings.select_metric}": f"{score:.3f}"})
                 if state_path is not None and step < total and not stopped_early:
                     save_fit_state(state_path, stepped, optimizer, scheduler, total=total, step=step, epoch=epoch,
                                    batch_in_epoch=batch_in_epoch, curve=curve, best=best, best_state=best_state,
-                                   bad=bad, seen=seen, train_seconds=train_seconds, eval_seconds=eval_seconds)
+                                   bad=bad, seen=seen, train_seconds=train_seconds, eval_seconds=eval_seconds,
+                                   aux_weight=aux_weight, switched_at=switched_at, at_prior=at_prior)
                     tick = time.perf_counter()  # writing the state is neither training nor evaluation
             if step >= total or stopped_early:
                 break
@@ -378,7 +393,7 @@ def fit(model, train_loader, evaluate_dev, settings: FinetuneSettings, progress:
             "eval_every": eval_every, "warmup_steps": warmup, "stopped_early": stopped_early,
             "steps_per_epoch": steps_per_epoch, "lr": lr, "epochs_done": round(step / steps_per_epoch, 3),
             "sequences_seen": seen, "train_seconds": round(train_seconds, 2), "eval_seconds": round(eval_seconds, 2),
-            "sequences_per_s": round(seen / max(train_seconds, 1e-9), 1), **resumed}
+            "sequences_per_s": round(seen / max(train_seconds, 1e-9), 1), "mlm_switched_at": switched_at, **resumed}
 
 
 def save_fit_state(path, stepped, optimizer, scheduler, **loop) -> None:
@@ -440,16 +455,22 @@ def head_lr_scales(model, rule: str) -> dict[str, float]:
 
 
 def training_warnings(history: dict) -> list[str]:
-    """What a reader of the result must know before trusting it. Today one case: every dev evaluation
+    """What a reader of the result must know before trusting it: that the auxiliary masked loss was switched
+    on part-way (``mlm_switched_at``: the run's recipe changed there), and that every dev evaluation
     predicted a single class, i.e. the model never left the class prior (the collapse of from-scratch
-    runs on GUE, results/finetune_small_scratch/diagnostic_collapse). Its MCC of 0 is then not a score."""
-    curve = history.get("dev_curve") or []
+    runs on GUE, results/finetune_small_scratch/diagnostic_collapse): its MCC of 0 is then not a score."""
+    curve, notes = history.get("dev_curve") or [], []
+    switched = history.get("mlm_switched_at")
+    if switched is not None:
+        notes.append(f"dev predicted a single class at step {switched}: the auxiliary masked loss was switched on "
+                     f"from step {switched + 1} (--mlm-on-collapse; 0 turns this off)")
     if curve and all(row["dev"].get("predicted_classes") == 1 for row in curve):
-        return [f"the model predicted a single class at all {len(curve)} dev evaluations: it did not learn "
-                "(loss stayed near the class prior). From random init try --mlm-weight 1 (a masked loss on the "
-                "task's own sequences), a pretrained --model, or more steps; see docs/finetuning.md, 'When the "
-                "model does not learn'"]
-    return []
+        hint = ("more steps or a pretrained --model" if switched is not None else
+                "--mlm-weight 1 (a masked loss on the task's own sequences), a pretrained --model, or more steps")
+        notes.append(f"the model predicted a single class at all {len(curve)} dev evaluations: it did not learn "
+                     f"(loss stayed near the class prior). Try {hint}; see docs/finetuning.md, 'When the "
+                     "model does not learn'")
+    return notes
 
 
 def plot_dev_curve(result: dict, path: str | os.PathLike) -> None:
@@ -509,7 +530,12 @@ def train_selected_on_dev(task: Task, splits: dict[str, LabelledSplit], model, p
                                  shuffle=False)
     if settings.lr is None:
         settings = dataclasses.replace(settings, lr=DEFAULT_LR[source["init"]])
-    aux = MaskedModellingLoss(classifier, seed, model) if settings.mlm_weight > 0 else None
+    aux = None
+    if settings.mlm_weight > 0:
+        aux = MaskedModellingLoss(classifier, seed, model)
+    elif settings.mlm_on_collapse > 0:  # on standby, built without moving torch's generator: a run that never
+        with torch.random.fork_rng(devices=[]):  # switches it on is the run without it, dropout draws included
+            aux = MaskedModellingLoss(classifier, seed, model)
     history = fit(net, train_loader,
                   lambda m: evaluate(m, dev_loader, splits["dev"], settings.precision, "dev"), settings, progress,
                   on_best=on_best, aux=aux, state_path=state_path)

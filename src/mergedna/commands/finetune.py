@@ -77,6 +77,9 @@ def add_training_arguments(p: argparse.ArgumentParser, source_required: bool = T
     a("--mlm-weight", "add this x a masked-modelling loss on each training batch's own sequences (decoders "
                       "trained alongside, not saved): a signal for a from-scratch encoder while the classifier "
                       "still sits at the class prior; 0 = off", type=float)
+    a("--mlm-on-collapse", "with --mlm-weight 0: when two dev evaluations in a row predict a single class (the "
+                           "model sits at the class prior), switch the auxiliary masked loss on at this weight from "
+                           "the next step; 0 = never", type=float)
     a("--head-lr-scale", "lr of the flatten heads' wide layer: x sqrt(hidden/fan-in) (sqrt_fan_in), "
                          "x hidden/fan-in (fan_in) or the peak lr (none)", choices=HEAD_LR_RULES)
     add_precision(p, SETTINGS["precision"])
