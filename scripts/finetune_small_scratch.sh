@@ -7,12 +7,14 @@
 #   env:   DATA (../shared/data), SEEDS (3), FIRST_SEED (0), PRESET (small), POOLING (auto),
 #          OUT (results/finetune_small_scratch), BASELINES ("cnn kmer"; empty: none),
 #          EVAL_EVERY (100: dev evaluations every that many steps on step-capped tasks),
-#          MLM_WEIGHT (0: the weight of the auxiliary masked-modelling loss, finetune --mlm-weight)
+#          MLM_WEIGHT (0: the weight of the auxiliary masked-modelling loss, finetune --mlm-weight),
+#          MLM_ON_COLLAPSE (1: finetune --mlm-on-collapse, the standby loss's weight; 0 = never switched on)
 #
 # `splice` is the embedded UCI splice set (the default recipe: 10 epochs, early stopping on dev);
 # any other TASK is a GUE folder under $DATA/gue. A MAX_STEPS suffix caps MergeDNA's training at that
 # many optimiser steps (batch 32) where 10 epochs do not fit a CPU; the CNN and k-mer baselines keep
-# their own full recipes. One benchmark per task (finished seeds are reused on rerun), one thread, niced.
+# their own full recipes. One benchmark per task (finished seeds are reused on rerun, an unfinished one
+# continues from its last dev evaluation), one thread, niced.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA="${DATA:-../shared/data}"
@@ -25,7 +27,8 @@ for spec in "$@"; do
   task="${spec%%:*}"; steps=""; [ "$spec" != "$task" ] && steps="${spec##*:}"
   name="${task//\//_}"
   extra=(--seeds "$SEEDS" --first-seed "${FIRST_SEED:-0}" --precision fp32 --no-progress --preset "$PRESET"
-         --pooling "${POOLING:-auto}" --mlm-weight "${MLM_WEIGHT:-0}" --out "$OUT/$name" --baselines ${BASELINES-cnn kmer})
+         --pooling "${POOLING:-auto}" --mlm-weight "${MLM_WEIGHT:-0}"
+         --mlm-on-collapse "${MLM_ON_COLLAPSE:-1}" --out "$OUT/$name" --baselines ${BASELINES-cnn kmer})
   [ -n "$steps" ] && extra+=(--max-steps "$steps" --eval-every "${EVAL_EVERY:-100}")
   if [ "$task" = splice ]; then
     nice -n 10 "$PY" -m mergedna.cli benchmark --suite csv --data-root src/mergedna/data/embedded \
