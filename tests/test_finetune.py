@@ -223,6 +223,19 @@ def comparable(result: dict) -> dict:
 RESUMABLE_RUN = dict(preset="tiny", seed=1, **{**QUICK, "max_steps": 8, "patience": None})
 
 
+def test_benchmark_table_carries_each_runs_notes(tmp_path, monkeypatch):
+    """A run whose recipe changed part-way (the standby masked loss switched on) or that never left the class
+    prior is named under the table, not hidden in a mean."""
+    root = tmp_path / "gue"
+    shutil.copytree(SPLICE3, root / "tf" / "0")
+    scripted_classes(monkeypatch, [1, 1, 1])
+    run_benchmark("gue", root, tmp_path / "bench", tasks=["tf/0"], seeds=1, preset="tiny",
+                  **{**QUICK, "max_steps": 6})
+    table = (tmp_path / "bench" / "results.md").read_text()
+    assert "- tf/0 seed 0: dev predicted a single class at step 4: the auxiliary masked loss was switched on" in table
+    assert "- tf/0 seed 0: the model predicted a single class at all 3 dev evaluations" in table
+
+
 def test_a_killed_run_resumes_exactly_where_its_last_dev_evaluation_left_it(tmp_path, monkeypatch):
     """Killed in its third dev evaluation (step 6; the state was written at step 4, in the middle of the
     second epoch), ``resume`` ends with the dev curve, test metrics and weights of the run that never stopped:

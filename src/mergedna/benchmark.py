@@ -192,6 +192,9 @@ def markdown_table(results: dict) -> str:
                      f"{', '.join(carved)}.")
     for name, value in spec["suite_means"].items():
         lines.append(f"Published suite mean, {name}: {value:.2f} (over the whole suite, not this subset).")
+    noted = [f"- {r['task']} seed {r['seed']}: {w}" for r in results["runs"] for w in r.get("warnings", [])]
+    if noted:
+        lines += ["", "Notes from the runs (each run's `warnings` in its metrics.json):", *noted]
     return "\n".join(lines) + "\n"
 
 
@@ -204,7 +207,7 @@ def _run_record(task: str, seed: int, run_dir: Path, metrics: dict) -> dict:
     return {"task": task, "seed": seed, "dir": str(run_dir), "test": metrics["test"],
             "best_step": metrics["best_step"], "best_dev": metrics["best_dev"], "steps": metrics["steps"],
             "comparable": metrics["task"]["comparable"], "dev_source": metrics["task"]["dev_source"],
-            "seconds": metrics["seconds"], "date": metrics["date"]}
+            "seconds": metrics["seconds"], "date": metrics["date"], "warnings": metrics.get("warnings", [])}
 
 
 def run_benchmark(suite: str, data_root: str | os.PathLike, out: str | os.PathLike, tasks: list[str] | None = None,
