@@ -53,13 +53,13 @@ from .config import POOLINGS, preset as preset_config
 from .data.task_batching import LENGTH_POLICIES, average_chunk_logits, make_dataloader
 from .data.tasks import LabelledSplit, Task, load_task, make_split
 from .heads import HEAD_LR_RULES, SIZED_POOLINGS, MergeDNAForSequenceClassification, SequencePooler
-from .model import MergeDNAForPretraining
-from .objectives import MergeDNAPretrainer, ObjectiveConfig, step_generator
+from .objectives import MaskedModellingLoss
 from .precision import PRECISIONS, autocast, resolve
 from .pretrained import load_config
 from .provenance import run_metadata
 from .runs import FIT_STATE, claim_run_dir
-from .seqio import SequenceFileError, atomic_path, write_json_atomic
+from .seqio import atomic_path, write_json_atomic
+from .training.checkpoints import load_fit_state, save_fit_state
 from .training.optim import adamw, lr_factor, param_groups
 from .training.trainer import apply_block_options
 
@@ -281,7 +281,7 @@ def evaluate(model, loader, split: LabelledSplit, precision: str = "auto", name:
 
 
 def fit(model, train_loader, evaluate_dev, settings: FinetuneSettings, progress: bool = True,
-        on_best=None, aux: "MaskedModellingLoss | None" = None, state_path: str | os.PathLike | None = None) -> dict:
+        on_best=None, aux: MaskedModellingLoss | None = None, state_path: str | os.PathLike | None = None) -> dict:
     """Train ``model`` (its parameters with ``requires_grad``) on ``train_loader``; every
     ``eval_every`` steps and at the end call ``evaluate_dev(model) -> metrics``, and
     ``on_best(model, step, dev)`` when the dev score improves (to checkpoint it). Restores the
@@ -394,58 +394,6 @@ def fit(model, train_loader, evaluate_dev, settings: FinetuneSettings, progress:
             "steps_per_epoch": steps_per_epoch, "lr": lr, "epochs_done": round(step / steps_per_epoch, 3),
             "sequences_seen": seen, "train_seconds": round(train_seconds, 2), "eval_seconds": round(eval_seconds, 2),
             "sequences_per_s": round(seen / max(train_seconds, 1e-9), 1), "mlm_switched_at": switched_at, **resumed}
-
-
-def save_fit_state(path, stepped, optimizer, scheduler, **loop) -> None:
-    """Write what :func:`fit` needs to continue exactly: the trained parameters (``stepped``: the model's
-    trainable ones and the auxiliary decoders', by name), optimizer and schedule, torch's global generator
-    (dropout), and the loop's counters, curve and best-on-dev state (``loop``). One ``torch.save`` through
-    a temporary file and a rename, so a kill at any moment leaves the previous state or this one."""
-    state = {"params": {n: p.detach().clone() for n, p in stepped}, "optimizer": optimizer.state_dict(),
-             "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(), **loop}
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def load_fit_state(path, stepped, optimizer, scheduler, total: int) -> dict:
-    """Load a :func:`save_fit_state` file into the parameters, optimizer and schedule; return the rest (the
-    loop's entries and ``torch_rng``, which :func:`fit` sets once the epoch's data iterator exists). Raises :class:`~mergedna.seqio.SequenceFileError` (naming the file) when it
-    cannot be read or belongs to another run (other trainable parameters or step count)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle, zip and torch each raise their own kind
-        raise SequenceFileError(f"cannot read this fine-tuning state ({type(err).__name__}: {err}); delete it to "
-                                "start the run again", file=path) from None
-    names = [n for n, _ in stepped]
-    if sorted(state["params"]) != sorted(names) or state["total"] != total:
-        raise SequenceFileError(f"this fine-tuning state belongs to another run ({state['total']} steps, "
-                                f"{len(state['params'])} trained tensors; this run: {total}, {len(names)}); "
-                                "delete it or use --overwrite", file=path)
-    with torch.no_grad():
-        for name, param in stepped:
-            param.copy_(state["params"][name])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    return state
-
-
-class MaskedModellingLoss(torch.nn.Module):
-    """An auxiliary masked-modelling loss on the task's own training sequences (``mlm_weight``): MergeDNA's
-    decoders (ω, ζ, base head) on the classifier's encoder, shared, scoring masked bases as pretraining's
-    plain ``mlm`` objective does (:class:`~mergedna.objectives.MergeDNAPretrainer`). It gives the encoder a
-    signal from the first step, while a from-scratch classifier still sits at the class prior
-    (results/finetune_small_scratch). The decoders come from ``checkpoint`` when it has them."""
-
-    def __init__(self, classifier: MergeDNAForSequenceClassification, seed: int, checkpoint=None):
-        super().__init__()
-        decoder = (MergeDNAForPretraining.from_pretrained(checkpoint) if checkpoint is not None
-                   else MergeDNAForPretraining(classifier.config))
-        decoder.mergedna = classifier.mergedna  # shared: the encoder being fine-tuned
-        self.pretrainer = MergeDNAPretrainer(decoder, ObjectiveConfig(objective="mlm"))
-        self.seed = seed
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, step: int) -> torch.Tensor:
-        return self.pretrainer(input_ids, step_generator(self.seed, step), attention_mask=attention_mask)["loss"]
 
 
 def head_lr_scales(model, rule: str) -> dict[str, float]:

@@ -18,11 +18,15 @@ generator seeded by (seed, step, rank), so a resumed run reproduces the uninterr
 
 The module wraps the model so that one ``forward`` runs all passes: that is what
 ``DistributedDataParallel`` needs to synchronise gradients.
+
+:class:`MaskedModellingLoss` reuses the plain ``mlm`` objective during fine-tuning, as an auxiliary loss
+on the classifier's own encoder (docs/finetuning.md, ``--mlm-weight`` and ``--mlm-on-collapse``).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +34,9 @@ from torch import nn
 
 from .model import LocalEncoderOutput, MergeDNAForPretraining, base_cross_entropy, check_inputs
 from .vocab import MASK, NUM_BASES
+
+if TYPE_CHECKING:
+    from .heads import MergeDNAForSequenceClassification
 
 MASKINGS = ("amtm", "uniform", "none")
 OBJECTIVES = ("mergedna", "mlm")
@@ -268,3 +275,22 @@ def unique_per_row(assign: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
     """Number of distinct tokens (B,) that the bases marked by ``where`` (B, N) fall in."""
     hit = torch.zeros(assign.shape, dtype=torch.long, device=assign.device)
     return hit.scatter_reduce(1, assign, where.long(), "amax").sum(1)  # a token is hit if any of its bases is
+
+
+class MaskedModellingLoss(torch.nn.Module):
+    """An auxiliary masked-modelling loss on the task's own training sequences (``mlm_weight``): MergeDNA's
+    decoders (ω, ζ, base head) on the classifier's encoder, shared, scoring masked bases as pretraining's
+    plain ``mlm`` objective does (:class:`~mergedna.objectives.MergeDNAPretrainer`). It gives the encoder a
+    signal from the first step, while a from-scratch classifier still sits at the class prior
+    (results/finetune_small_scratch). The decoders come from ``checkpoint`` when it has them."""
+
+    def __init__(self, classifier: MergeDNAForSequenceClassification, seed: int, checkpoint=None):
+        super().__init__()
+        decoder = (MergeDNAForPretraining.from_pretrained(checkpoint) if checkpoint is not None
+                   else MergeDNAForPretraining(classifier.config))
+        decoder.mergedna = classifier.mergedna  # shared: the encoder being fine-tuned
+        self.pretrainer = MergeDNAPretrainer(decoder, ObjectiveConfig(objective="mlm"))
+        self.seed = seed
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, step: int) -> torch.Tensor:
+        return self.pretrainer(input_ids, step_generator(self.seed, step), attention_mask=attention_mask)["loss"]

@@ -9,6 +9,9 @@ Layout under the run directory::
 
 A checkpoint directory appears by one ``rename`` of a complete temporary directory, so a
 process killed at any moment (SIGKILL included) leaves only complete checkpoints.
+
+Fine-tuning keeps one file instead (:func:`save_fit_state`, ``<run>/finetune_state.pt``): its models are
+small, and it is rewritten after every dev evaluation, also by one rename.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from pathlib import Path
 import torch
 
 from ..pretrained import MergeDNAPreTrainedModel
-from ..seqio import SequenceFileError, atomic_write_dir
+from ..seqio import SequenceFileError, atomic_path, atomic_write_dir
 
 STATE_NAME = "trainer_state.json"
 OPTIM_NAME = "optimizer.pt"
@@ -71,3 +74,36 @@ def load_checkpoint(path: str | Path) -> tuple[dict, dict, dict]:
         raise SequenceFileError(f"cannot read this checkpoint ({type(err).__name__}: {err}); delete it to resume "
                                 "from the one before", file=path) from None
     return model_state, optim_state, state
+
+
+def save_fit_state(path, stepped, optimizer, scheduler, **loop) -> None:
+    """Write what :func:`fit` needs to continue exactly: the trained parameters (``stepped``: the model's
+    trainable ones and the auxiliary decoders', by name), optimizer and schedule, torch's global generator
+    (dropout), and the loop's counters, curve and best-on-dev state (``loop``). One ``torch.save`` through
+    a temporary file and a rename, so a kill at any moment leaves the previous state or this one."""
+    state = {"params": {n: p.detach().clone() for n, p in stepped}, "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(), **loop}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_fit_state(path, stepped, optimizer, scheduler, total: int) -> dict:
+    """Load a :func:`save_fit_state` file into the parameters, optimizer and schedule; return the rest (the
+    loop's entries and ``torch_rng``, which :func:`fit` sets once the epoch's data iterator exists). Raises :class:`~mergedna.seqio.SequenceFileError` (naming the file) when it
+    cannot be read or belongs to another run (other trainable parameters or step count)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle, zip and torch each raise their own kind
+        raise SequenceFileError(f"cannot read this fine-tuning state ({type(err).__name__}: {err}); delete it to "
+                                "start the run again", file=path) from None
+    names = [n for n, _ in stepped]
+    if sorted(state["params"]) != sorted(names) or state["total"] != total:
+        raise SequenceFileError(f"this fine-tuning state belongs to another run ({state['total']} steps, "
+                                f"{len(state['params'])} trained tensors; this run: {total}, {len(names)}); "
+                                "delete it or use --overwrite", file=path)
+    with torch.no_grad():
+        for name, param in stepped:
+            param.copy_(state["params"][name])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    return state
