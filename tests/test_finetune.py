@@ -236,7 +236,7 @@ def test_benchmark_table_carries_each_runs_notes(tmp_path, monkeypatch):
     assert "- tf/0 seed 0: the model predicted a single class at all 3 dev evaluations" in table
 
 
-def test_a_killed_run_resumes_exactly_where_its_last_dev_evaluation_left_it(tmp_path, monkeypatch):
+def test_a_killed_run_resumes_exactly_where_its_last_dev_evaluation_left_it(tmp_path, monkeypatch, capsys):
     """Killed in its third dev evaluation (step 6; the state was written at step 4, in the middle of the
     second epoch), ``resume`` ends with the dev curve, test metrics and weights of the run that never stopped:
     the batches, the classifier's dropout, the auxiliary loss (switched on at step 4) and its masks continue,
@@ -255,6 +255,8 @@ def test_a_killed_run_resumes_exactly_where_its_last_dev_evaluation_left_it(tmp_
         finetune(SPLICE3, cut, resume=True, **{**RESUMABLE_RUN, "lr": 5e-4})
     resumed = finetune(SPLICE3, cut, resume=True, **RESUMABLE_RUN)
     assert resumed["resumed_at_step"] == 4 and "resumed_at_step" not in whole
+    finetune_cmd.print_result(resumed)
+    assert "best dev step" in capsys.readouterr().out.split("resumed at step 4")[0]
     assert comparable(resumed) == comparable(whole)
     weights = [MergeDNAForSequenceClassification.from_pretrained(d / "model").state_dict() for d in (cut, tmp_path / "whole")]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[1])

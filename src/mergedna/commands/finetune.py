@@ -135,8 +135,9 @@ def print_result(result: dict) -> None:
             print(f"  sweep lr {t['lr']:g} weight decay {t['weight_decay']:g} LoRA rank {t['lora_rank']}: "
                   f"best dev {result['sweep']['select_metric']} {t['best_dev'][result['sweep']['select_metric']]:.4f}")
         print(f"selected on dev: {result['sweep']['selected']}")
+    resumed = f", resumed at step {result['resumed_at_step']}" if result.get("resumed_at_step") else ""
     print(f"best dev step {result['best_step']} of {result['steps']}"
-          f"{' (stopped early)' if result['stopped_early'] else ''}: {format_metrics(result['best_dev'])}")
+          f"{' (stopped early)' if result['stopped_early'] else ''}{resumed}: {format_metrics(result['best_dev'])}")
     print(f"test (evaluated once): {format_metrics(result['test'])}  [{result['seconds']:.0f} s]")
     for warning in result.get("warnings", []):
         print(f"WARNING: {warning}")
