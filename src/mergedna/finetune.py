@@ -280,6 +280,49 @@ def evaluate(model, loader, split: LabelledSplit, precision: str = "auto", name:
             "probs": probs}
 
 
+@dataclass
+class FitProgress:
+    """What :func:`fit`'s loop carries from step to step; saved whole (with the weights, optimizer and schedule)
+    in the resume state, so a resumed run continues exactly."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0  # batches of this epoch already trained on
+    curve: list = dataclasses.field(default_factory=list)  # one row per dev evaluation
+    best: tuple | None = None  # (step, score, dev metrics) of the best dev evaluation so far
+    best_state: list | None = None  # the trainable tensors at that evaluation
+    bad: int = 0  # evaluations since the best, not counting those at the class prior
+    at_prior: int = 0  # dev evaluations in a row that predicted a single class
+    aux_weight: float = 0.0  # the auxiliary masked loss's weight now (0: off or standing by)
+    switched_at: int | None = None  # the step at which the standby masked loss was switched on
+    stopped_early: bool = False
+    seen: int = 0
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+
+    def record(self, dev: dict, losses: list, aux_losses: list, steps_per_epoch: int, settings: FinetuneSettings,
+               trainable, standby: bool) -> bool:
+        """Add the dev evaluation of this step; update best, patience and (with a ``standby`` masked loss) the
+        switch. Returns whether dev improved (ties keep the first)."""
+        self.curve.append({"step": self.step, "epoch": round(self.step / steps_per_epoch, 3),
+                           "train_loss": float(np.mean(losses)), "dev": dev,
+                           **({"train_mlm_loss": float(np.mean(aux_losses))} if aux_losses else {})})
+        score = dev[settings.select_metric]
+        score = -math.inf if score is None else score
+        one_class = dev.get("predicted_classes", 2) == 1
+        improved = self.best is None or score > self.best[1]
+        if improved:
+            self.best, self.bad = (self.step, score, dev), 0
+            self.best_state = [p.detach().clone() for _, p in trainable]
+        elif not one_class:  # a run still at the class prior has not started to learn: no patience used up
+            self.bad += 1
+            self.stopped_early = settings.patience is not None and self.bad >= settings.patience
+        self.at_prior = self.at_prior + 1 if one_class else 0
+        if standby and self.aux_weight == 0 and self.at_prior >= COLLAPSE_EVALS:
+            self.aux_weight, self.switched_at = settings.mlm_on_collapse, self.step  # stuck: give it a signal
+        return improved
+
+
 def fit(model, train_loader, evaluate_dev, settings: FinetuneSettings, progress: bool = True,
         on_best=None, aux: MaskedModellingLoss | None = None, state_path: str | os.PathLike | None = None) -> dict:
     """Train ``model`` (its parameters with ``requires_grad``) on ``train_loader``; every
@@ -288,11 +331,11 @@ def fit(model, train_loader, evaluate_dev, settings: FinetuneSettings, progress:
     trainable weights of the best dev evaluation (first one wins ties). ``aux`` (a :class:`MaskedModellingLoss`)
     is added at ``settings.mlm_weight`` from the first step; with ``mlm_weight`` 0 it stands by, and
     :data:`COLLAPSE_EVALS` dev evaluations in a row that predict a single class switch it on at
-    ``settings.mlm_on_collapse`` from the next step (the step is returned as ``mlm_switched_at``). With ``state_path``, the whole
-    training state is written there (atomically) after each dev evaluation, and a state found there at
-    the start is resumed: the run then continues exactly as if it had not stopped (same batches,
-    dropout draws and masks; :func:`save_fit_state`). Returns the history:
-    ``dev_curve``, ``best_step``, ``best_dev``, ``steps``, ``stopped_early``, the ``lr`` used, and the
+    ``settings.mlm_on_collapse`` from the next step (the step is returned as ``mlm_switched_at``). With
+    ``state_path``, the whole training state (:class:`FitProgress` and the weights, optimizer and schedule) is
+    written there atomically after each dev evaluation, and a state found there at the start is resumed: the
+    run then continues exactly as if it had not stopped (same batches, dropout draws and masks). Returns the
+    history: ``dev_curve``, ``best_step``, ``best_dev``, ``steps``, ``stopped_early``, the ``lr`` used, and the
     cost: ``epochs_done``, ``sequences_seen``, ``train_seconds`` (training steps only),
     ``eval_seconds`` (dev evaluations) and training ``sequences_per_s``."""
     steps_per_epoch = len(train_loader)
@@ -303,97 +346,77 @@ def fit(model, train_loader, evaluate_dev, settings: FinetuneSettings, progress:
     own = {id(p) for _, p in trainable}  # the auxiliary decoders train too, but are not the model
     stepped = trainable + ([] if aux is None else [(f"aux.{n}", p) for n, p in aux.named_parameters()
                                                    if p.requires_grad and id(p) not in own])
-    aux_losses, aux_weight, switched_at, at_prior = [], settings.mlm_weight if aux is not None else 0.0, None, 0
     lr = settings.lr if settings.lr is not None else DEFAULT_LR["pretrained"]
     scales = head_lr_scales(model, settings.head_lr_scale)
     optimizer = adamw(param_groups(stepped, settings.weight_decay, lr, scales), lr=lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total, settings.schedule))
-    curve, best, best_state, bad, losses = [], None, None, 0, []
-    step, epoch, start, stopped_early = 0, 0, 0, False
-    seen, train_seconds, eval_seconds, resumed, rng = 0, 0.0, 0.0, {}, None
+    run = FitProgress(aux_weight=settings.mlm_weight if aux is not None else 0.0)
+    resumed, rng = {}, None
     if state_path is not None and Path(state_path).is_file():
         saved = load_fit_state(state_path, stepped, optimizer, scheduler, total)
-        step, epoch, start, curve, bad, rng = (saved[k] for k in ("step", "epoch", "batch_in_epoch", "curve", "bad",
-                                                                  "torch_rng"))
-        aux_weight, switched_at, at_prior = saved["aux_weight"], saved["switched_at"], saved["at_prior"]
-        best, best_state = tuple(saved["best"]), saved["best_state"]
-        seen, train_seconds, eval_seconds = saved["seen"], saved["train_seconds"], saved["eval_seconds"]
-        resumed = {"resumed_at_step": step, "resumed_seconds": round(train_seconds + eval_seconds, 2)}
-    tick = time.perf_counter()
-    bar = tqdm(total=total, initial=step, desc="fine-tune", disable=not progress, dynamic_ncols=True)
+        run = FitProgress(**{f.name: saved[f.name] for f in dataclasses.fields(FitProgress) if f.name in saved})
+        run.best, rng = tuple(run.best), saved["torch_rng"]
+        resumed = {"resumed_at_step": run.step, "resumed_seconds": round(run.train_seconds + run.eval_seconds, 2)}
+    losses, aux_losses, tick = [], [], time.perf_counter()
+    bar = tqdm(total=total, initial=run.step, desc="fine-tune", disable=not progress, dynamic_ncols=True)
     model.train()
-    while step < total and not stopped_early:
-        train_loader.batch_sampler.set_epoch(epoch, start)
+    while run.step < total and not run.stopped_early:
+        train_loader.batch_sampler.set_epoch(run.epoch, run.batch_in_epoch)
         batches = iter(train_loader)  # draws a seed from torch's global generator, as it did in the stopped run
         if rng is not None:           # before its state was saved: so the saved state is set after the draw
             torch.set_rng_state(rng)
             rng = None
-        for batch_in_epoch, batch in enumerate(batches, start=start + 1):
-            seen += len(batch["labels"])
+        for run.batch_in_epoch, batch in enumerate(batches, start=run.batch_in_epoch + 1):
+            run.seen += len(batch["labels"])
             with autocast(settings.precision):
                 loss = task_loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                          labels=batch["labels"]).loss
-                if aux_weight > 0:
-                    masked = aux(batch["input_ids"], batch["attention_mask"], step)
+                if run.aux_weight > 0:
+                    masked = aux(batch["input_ids"], batch["attention_mask"], run.step)
                     aux_losses.append(masked.item())
-                    loss = task_loss + aux_weight * masked
+                    loss = task_loss + run.aux_weight * masked
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite training loss {loss.item()} at step {step + 1}")
+                raise FloatingPointError(f"non-finite training loss {loss.item()} at step {run.step + 1}")
             loss.backward()
             if settings.clip:
                 torch.nn.utils.clip_grad_norm_([p for _, p in stepped], settings.clip)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            step += 1
+            run.step += 1
             losses.append(task_loss.item())  # the task's loss; the auxiliary one is logged apart
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-            if step % eval_every == 0 or step == total:
+            if run.step % eval_every == 0 or run.step == total:
                 now = time.perf_counter()
-                train_seconds += now - tick
+                run.train_seconds += now - tick
                 dev = {k: v for k, v in evaluate_dev(model).items() if k != "probs"}
                 tick = time.perf_counter()
-                eval_seconds += tick - now
-                curve.append({"step": step, "epoch": round(step / steps_per_epoch, 3),
-                              "train_loss": float(np.mean(losses)), "dev": dev,
-                              **({"train_mlm_loss": float(np.mean(aux_losses))} if aux_losses else {})})
-                aux_losses = []
-                losses = []
-                score = dev[settings.select_metric]
-                score = -math.inf if score is None else score
-                if best is None or score > best[1]:
-                    best, bad = (step, score, dev), 0
-                    best_state = [p.detach().clone() for _, p in trainable]
-                    if on_best is not None:
-                        on_best(model, step, dev)
-                elif dev.get("predicted_classes", 2) > 1:  # a run still at the class prior has not started
-                    bad += 1                                  # to learn: its evaluations do not use up patience
-                    stopped_early = settings.patience is not None and bad >= settings.patience
-                at_prior = at_prior + 1 if dev.get("predicted_classes", 2) == 1 else 0
-                if aux is not None and aux_weight == 0 and at_prior >= COLLAPSE_EVALS:
-                    aux_weight, switched_at = settings.mlm_on_collapse, step  # stuck at the prior: give it a signal
-                bar.set_postfix(loss=f"{curve[-1]['train_loss']:.4f}",
-                                **{f"dev_{settings.select_metric}": f"{score:.3f}"})
-                if state_path is not None and step < total and not stopped_early:
-                    save_fit_state(state_path, stepped, optimizer, scheduler, total=total, step=step, epoch=epoch,
-                                   batch_in_epoch=batch_in_epoch, curve=curve, best=best, best_state=best_state,
-                                   bad=bad, seen=seen, train_seconds=train_seconds, eval_seconds=eval_seconds,
-                                   aux_weight=aux_weight, switched_at=switched_at, at_prior=at_prior)
+                run.eval_seconds += tick - now
+                if run.record(dev, losses, aux_losses, steps_per_epoch, settings, trainable, aux is not None) \
+                        and on_best is not None:
+                    on_best(model, run.step, dev)
+                losses, aux_losses = [], []
+                shown = dev[settings.select_metric]
+                bar.set_postfix(loss=f"{run.curve[-1]['train_loss']:.4f}",
+                                **{f"dev_{settings.select_metric}": "n/a" if shown is None else f"{shown:.3f}"})
+                if state_path is not None and run.step < total and not run.stopped_early:
+                    save_fit_state(state_path, stepped, optimizer, scheduler, total=total, **vars(run))
                     tick = time.perf_counter()  # writing the state is neither training nor evaluation
-            if step >= total or stopped_early:
+            if run.step >= total or run.stopped_early:
                 break
-        epoch, start = epoch + 1, 0
+        run.epoch, run.batch_in_epoch = run.epoch + 1, 0
     bar.close()
-    train_seconds += time.perf_counter() - tick
+    run.train_seconds += time.perf_counter() - tick
     with torch.no_grad():
-        for (_, p), saved in zip(trainable, best_state):
+        for (_, p), saved in zip(trainable, run.best_state):
             p.copy_(saved)
-    return {"dev_curve": curve, "best_step": best[0], "best_dev": best[2], "steps": step, "total_steps": total,
-            "eval_every": eval_every, "warmup_steps": warmup, "stopped_early": stopped_early,
-            "steps_per_epoch": steps_per_epoch, "lr": lr, "epochs_done": round(step / steps_per_epoch, 3),
-            "sequences_seen": seen, "train_seconds": round(train_seconds, 2), "eval_seconds": round(eval_seconds, 2),
-            "sequences_per_s": round(seen / max(train_seconds, 1e-9), 1), "mlm_switched_at": switched_at, **resumed}
+    return {"dev_curve": run.curve, "best_step": run.best[0], "best_dev": run.best[2], "steps": run.step,
+            "total_steps": total, "eval_every": eval_every, "warmup_steps": warmup, "stopped_early": run.stopped_early,
+            "steps_per_epoch": steps_per_epoch, "lr": lr, "epochs_done": round(run.step / steps_per_epoch, 3),
+            "sequences_seen": run.seen, "train_seconds": round(run.train_seconds, 2),
+            "eval_seconds": round(run.eval_seconds, 2), "sequences_per_s": round(run.seen / max(run.train_seconds, 1e-9), 1),
+            "mlm_switched_at": run.switched_at, **resumed}
 
 
 def head_lr_scales(model, rule: str) -> dict[str, float]:

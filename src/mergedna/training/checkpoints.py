@@ -77,9 +77,10 @@ def load_checkpoint(path: str | Path) -> tuple[dict, dict, dict]:
 
 
 def save_fit_state(path, stepped, optimizer, scheduler, **loop) -> None:
-    """Write what :func:`fit` needs to continue exactly: the trained parameters (``stepped``: the model's
-    trainable ones and the auxiliary decoders', by name), optimizer and schedule, torch's global generator
-    (dropout), and the loop's counters, curve and best-on-dev state (``loop``). One ``torch.save`` through
+    """Write what :func:`mergedna.finetune.fit` needs to continue exactly: the trained parameters (``stepped``:
+    the model's trainable ones and the auxiliary decoders', by name), optimizer and schedule, torch's global
+    generator (dropout), and ``loop``: the step count ``total`` and the fields of
+    :class:`~mergedna.finetune.FitProgress` (counters, curve, best-on-dev state). One ``torch.save`` through
     a temporary file and a rename, so a kill at any moment leaves the previous state or this one."""
     state = {"params": {n: p.detach().clone() for n, p in stepped}, "optimizer": optimizer.state_dict(),
              "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(), **loop}
@@ -89,8 +90,9 @@ def save_fit_state(path, stepped, optimizer, scheduler, **loop) -> None:
 
 def load_fit_state(path, stepped, optimizer, scheduler, total: int) -> dict:
     """Load a :func:`save_fit_state` file into the parameters, optimizer and schedule; return the rest (the
-    loop's entries and ``torch_rng``, which :func:`fit` sets once the epoch's data iterator exists). Raises :class:`~mergedna.seqio.SequenceFileError` (naming the file) when it
-    cannot be read or belongs to another run (other trainable parameters or step count)."""
+    loop's entries, and ``torch_rng``, which ``fit`` sets once the epoch's data iterator exists). Raises
+    :class:`~mergedna.seqio.SequenceFileError` (naming the file) when it cannot be read or belongs to another
+    run (other trainable parameters or step count)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle, zip and torch each raise their own kind
