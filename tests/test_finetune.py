@@ -127,6 +127,12 @@ def test_finetune_cli_from_checkpoint(tmp_path, checkpoint, capsys):
     start = MergeDNAForSequenceClassification.from_pretrained(checkpoint, num_labels=3)
     name = "mergedna.latent_encoder.blocks.0.attn.qkv.weight"
     assert not torch.equal(tuned.state_dict()[name], start.state_dict()[name])  # full fine-tuning moved it
+    resumed = parser.parse_args(["finetune", "--model", str(checkpoint), "--task", str(SPLICE3), "--out", str(out),
+                                 "--max-steps", "3", "--batch-size", "4", "--eval-every", "3", "--lr", "1e-4",
+                                 "--no-progress", "--resume"])
+    assert resumed.func(resumed) == 0
+    assert "holds a finished run: nothing to resume" in capsys.readouterr().out
+    assert json.loads((out / "metrics.json").read_text()) == saved  # untouched
 
 
 def test_lora_freezes_encoder_and_trains_adapters_and_head(checkpoint):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from pathlib import Path
 
 from ..config import POOLINGS, PRESETS
 from ..data.task_batching import LENGTH_POLICIES
@@ -147,7 +148,9 @@ def print_result(result: dict) -> None:
 
 
 def run(args) -> int:
+    finished = args.resume and (Path(args.out) / "metrics.json").is_file()
     result = finetune(command=command_line(), **finetune_kwargs(args))
     print_result(result)
-    print(f"wrote {args.out}/metrics.json, model/, dev_curve.png, test_predictions.tsv")
+    print(f"{args.out} holds a finished run: nothing to resume (its metrics above)" if finished else
+          f"wrote {args.out}/metrics.json, model/, dev_curve.png, test_predictions.tsv")
     return 0
