@@ -82,7 +82,7 @@ def save_fit_state(path, stepped, optimizer, scheduler, **loop) -> None:
     generator (dropout), and ``loop``: the step count ``total`` and the fields of
     :class:`~mergedna.finetune.FitProgress` (counters, curve, best-on-dev state). One ``torch.save`` through
     a temporary file and a rename, so a kill at any moment leaves the previous state or this one."""
-    state = {"params": {n: p.detach().clone() for n, p in stepped}, "optimizer": optimizer.state_dict(),
+    state = {"params": {n: p.detach() for n, p in stepped}, "optimizer": optimizer.state_dict(),  # saved as they are
              "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(), **loop}
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
