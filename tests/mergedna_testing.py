@@ -43,3 +43,22 @@ def batch_from(chr20: np.ndarray, lengths, start=0) -> torch.Tensor:
         s = start + 500 * i
         ids[i, :length] = torch.from_numpy(chr20[s:s + length].astype(np.int64))
     return ids
+
+
+class Killed(Exception):
+    """Stands for a kill (end of a session, an out-of-memory kill) in the middle of a run."""
+
+
+def die_at_dev_evaluation(monkeypatch, n: int) -> None:
+    """Make the ``n``-th dev evaluation of the next fine-tuning runs raise :class:`Killed`."""
+    import mergedna.finetune as finetune_mod
+
+    real, calls = finetune_mod.evaluate, []
+
+    def dying(model, loader, split, precision="auto", name="eval", progress=False):
+        calls.append(name)
+        if name == "dev" and calls.count("dev") == n:
+            raise Killed
+        return real(model, loader, split, precision, name, progress)
+
+    monkeypatch.setattr(finetune_mod, "evaluate", dying)

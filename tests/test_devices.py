@@ -3,6 +3,7 @@ where there is one (``scripts/gpu_check.sh`` runs this file on the GPU machine).
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -67,3 +68,51 @@ def test_memory_estimate_bounds_cuda_peak(chr20, checkpointing):
     loss.backward()
     predicted = memory.activation_bytes(cfg, N, B, bf16=True, checkpointing=checkpointing)
     assert 0.7 < predicted / after_forward < 1.5, (predicted, after_forward, torch.cuda.max_memory_allocated())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("pooling", ["mean", "cls", "attention", "mean_flatten"])
+def test_classifier_on_device_matches_cpu(chr20, device, pooling):
+    """Every sequence head gives the CPU's logits on the device (fp32), padding included."""
+    import copy
+
+    from mergedna.heads import MergeDNAForSequenceClassification
+
+    torch.manual_seed(0)
+    cfg = preset("tiny", num_labels=3, pooling=pooling, cls_token=pooling == "cls", pool_length=100)
+    model = MergeDNAForSequenceClassification(cfg).eval()
+    ids = batch_from(chr20, [100, 73, 41])
+    with torch.no_grad():
+        ref = model(ids).logits
+        out = copy.deepcopy(model).to(device)(ids.to(device)).logits.cpu()
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_finetune_runs_and_resumes_on_device(tmp_path, monkeypatch, device):
+    """A fine-tuning run on the device (the standby masked loss switches on part-way, so its decoders train
+    there too), killed at its third dev evaluation and resumed, follows the run that never stopped; the
+    device and the precision it used are recorded. Exact on the CPU; on CUDA within float tolerance
+    (atomic adds in some backward kernels are not bit-reproducible)."""
+    from mergedna.finetune import finetune
+    from mergedna.runs import FIT_STATE
+
+    from mergedna_testing import Killed, die_at_dev_evaluation
+
+    task = FIXTURES / "tasks" / "gue" / "splice3"
+    run = dict(preset="tiny", seed=1, max_steps=8, batch_size=4, eval_every=2, patience=None, progress=False,
+               precision="fp32", device=device)
+    whole = finetune(task, tmp_path / "whole", **run)
+    assert whole["device"].startswith(device) and whole["precision"] == "fp32" and whole["mlm_switched_at"] == 4
+    die_at_dev_evaluation(monkeypatch, 3)
+    with pytest.raises(Killed):
+        finetune(task, tmp_path / "cut", **run)
+    monkeypatch.undo()
+    assert (tmp_path / "cut" / FIT_STATE).is_file()
+    resumed = finetune(task, tmp_path / "cut", resume=True, **run)
+    assert resumed["resumed_at_step"] == 4 and resumed["steps"] == whole["steps"] == 8
+    losses = [[row["train_loss"] for row in r["dev_curve"]] for r in (whole, resumed)]
+    if device == "cpu":
+        assert losses[0] == losses[1] and resumed["test"] == whole["test"]
+    else:
+        assert np.allclose(losses[0], losses[1], rtol=1e-3, atol=1e-4)

@@ -27,7 +27,7 @@ from mergedna.precision import resolve
 from mergedna.runs import FIT_STATE, RunFolderError
 from mergedna.vocab import SequenceFileError
 
-from mergedna_testing import FIXTURES
+from mergedna_testing import FIXTURES, Killed, die_at_dev_evaluation
 
 GUE_FIX = FIXTURES / "tasks" / "gue"
 SPLICE3 = GUE_FIX / "splice3"
@@ -202,21 +202,41 @@ def test_evaluations_at_the_class_prior_do_not_use_up_patience():
     assert history["stopped_early"] and history["steps"] == 6 and history["best_step"] == 4
 
 
-class Killed(Exception):
-    """Stands for a kill (end of a session, an out-of-memory kill) in the middle of a run."""
+def test_max_time_ends_the_run_and_its_schedule_when_the_time_is_spent():
+    """``max_time``: a run bounded by far more steps than fit its time stops when the time is spent, with a dev
+    evaluation, and warm-up and decay follow the clock: the lr reaches its peak and is back near 0 at the end.
+    By steps alone (100,000 of them, 10% warm-up) it would still be warming up, far below the peak."""
+    result = finetune(SPLICE3, None, preset="tiny", max_steps=100_000, max_time=3.0, eval_every=1, batch_size=4,
+                      lr=1e-3, patience=None, mlm_on_collapse=0, progress=False)
+    assert result["out_of_time"] and result["steps"] < 100_000 and result["dev_curve"][-1]["step"] == result["steps"]
+    lrs = [row["lr"] for row in result["dev_curve"]]
+    assert max(lrs) > 0.5e-3 and lrs[-1] < 0.2e-3
+    assert result["train_seconds"] + result["eval_seconds"] >= 3.0
+    assert not finetune(SPLICE3, None, preset="tiny", **QUICK)["out_of_time"]
+    with pytest.raises(ValueError, match="max_time"):
+        FinetuneSettings(max_time=0)
 
 
-def die_at_dev_evaluation(monkeypatch, n: int) -> None:
-    """Make the ``n``-th dev evaluation of the next runs raise :class:`Killed`."""
-    real, calls = finetune_mod.evaluate, []
+def test_a_device_that_is_not_there_is_named_before_anything_runs(tmp_path):
+    assert finetune_mod.pick_device(None).type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="cpu, cuda or cuda:N"):
+        finetune_mod.pick_device("gpu0")
+    with pytest.raises(ValueError, match="usable CUDA"):
+        finetune_mod.pick_device(f"cuda:{torch.cuda.device_count()}")
+    with pytest.raises(ValueError, match="usable CUDA"):
+        finetune(SPLICE3, tmp_path / "run", preset="tiny", device=f"cuda:{torch.cuda.device_count()}", **QUICK)
+    assert not (tmp_path / "run").exists()
 
-    def dying(model, loader, split, precision="auto", name="eval", progress=False):
-        calls.append(name)
-        if name == "dev" and calls.count("dev") == n:
-            raise Killed
-        return real(model, loader, split, precision, name, progress)
 
-    monkeypatch.setattr(finetune_mod, "evaluate", dying)
+def test_a_setting_added_to_the_tool_later_still_matches_older_runs(tmp_path):
+    """A run folder written before a setting existed resumes, and a benchmark reuses its finished runs, when
+    the new setting is at its off value (None); at any other value it is another run."""
+    from mergedna.runs import claim_run_dir
+
+    claim_run_dir(tmp_path / "r", "finetune", {"lr": 1e-3})
+    claim_run_dir(tmp_path / "r", "finetune", {"lr": 1e-3, "max_time": None}, resume=True)
+    with pytest.raises(RunFolderError, match="max_time: None -> 60"):
+        claim_run_dir(tmp_path / "r", "finetune", {"lr": 1e-3, "max_time": 60}, resume=True)
 
 
 def comparable(result: dict) -> dict:

@@ -36,7 +36,7 @@ from .data.task_formats import find_split_files
 from .data.tasks import load_task
 from .finetune import FinetuneSettings, finetune
 from .provenance import run_metadata, write_json_atomic, write_text_atomic
-from .runs import FIT_STATE
+from .runs import FIT_STATE, differences
 
 # docs/method.md §9: MergeDNA (380M), GUE, MCC × 100, per task as published
 PUBLISHED_GUE_MCC = {
@@ -213,11 +213,13 @@ def _run_record(task: str, seed: int, run_dir: Path, metrics: dict) -> dict:
 def run_benchmark(suite: str, data_root: str | os.PathLike, out: str | os.PathLike, tasks: list[str] | None = None,
                   seeds: int = 3, first_seed: int = 0, *, model: str | os.PathLike | None = None,
                   preset: str | None = None, command: str | None = None, progress: bool = True,
-                  save_models: bool = False, on_run=None, baselines: tuple | list = (), **settings) -> dict:
+                  save_models: bool = False, on_run=None, baselines: tuple | list = (), device=None,
+                  **settings) -> dict:
     """Fine-tune each of ``tasks`` (folders relative to ``data_root``; default: every task folder
     with a train split) with seeds ``first_seed .. first_seed + seeds - 1``.
 
     ``settings`` are :class:`~mergedna.finetune.FinetuneSettings` fields, the same for every run.
+    ``device``: where MergeDNA trains (:func:`~mergedna.finetune.pick_device`; the baselines train on the CPU).
     ``save_models`` keeps each run's fine-tuned checkpoint (off by default: one per task and seed
     adds up). ``on_run(record, skipped)`` is called after each run. Returns what ``results.json`` holds:
     ``runs`` (one record per finished run), ``summary`` (:func:`summarise`), ``skipped`` (runs
@@ -284,7 +286,7 @@ def run_benchmark(suite: str, data_root: str | os.PathLike, out: str | os.PathLi
             if skipped:
                 metrics = json.loads(done.read_text())
                 theirs = {k: v for k, v in metrics["model"].items() if k in ("checkpoint", "preset")}
-                if metrics["settings"] != full_settings or theirs != source:
+                if differences(metrics["settings"], full_settings) or theirs != source:
                     raise BenchmarkMismatchError(
                         f"{done} was made with other settings or another model ({theirs}); "
                         f"use another --out, or delete that run to redo it")
@@ -293,7 +295,8 @@ def run_benchmark(suite: str, data_root: str | os.PathLike, out: str | os.PathLi
                 resume = (run_dir / FIT_STATE).is_file()  # an unfinished run continues from its last dev evaluation
                 metrics = finetune(data_root / task, run_dir, model=model, preset=preset,
                                    layout=SUITES[suite]["layout"], seed=seed, command=command, progress=progress,
-                                   save_model=save_models, overwrite=not resume, resume=resume, **settings)
+                                   save_model=save_models, overwrite=not resume, resume=resume, device=device,
+                                   **settings)
             record = _run_record(task, seed, run_dir, metrics)
             results["runs"].append(record)
             flush()

@@ -99,6 +99,8 @@ class FinetuneSettings:
     eval_batch_size: int | None = None
     epochs: float = 10.0
     max_steps: int | None = None
+    max_time: float | None = None  # seconds of training and dev evaluation; the schedule follows whichever of steps
+    #                                and time runs out first (see fit)
     warmup_ratio: float = 0.1
     warmup_steps: int | None = None
     schedule: str = "linear"
@@ -138,7 +140,33 @@ class FinetuneSettings:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0 < self.dev_fraction < 0.5:
             raise ValueError(f"dev_fraction must be in (0, 0.5), got {self.dev_fraction}")
-        self.precision = resolve(self.precision)  # "auto" -> what runs here, so results record it
+        if self.max_time is not None and self.max_time <= 0:
+            raise ValueError(f"max_time must be > 0 seconds, got {self.max_time}")
+        if self.precision == "auto":  # -> what runs on the CPU, so results record it (finetune redoes it for a GPU)
+            self.precision = resolve(self.precision)
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """The device to fine-tune on: ``device`` as given ("cpu", "cuda", "cuda:1"), or for None/"auto" CUDA where
+    there is one, else the CPU. A CUDA device that is not there is a clear error, not a crash at the first step."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be cpu, cuda or cuda:N, got {device!r}") from None
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise ValueError(f"device {device} asked for, but this machine has {torch.cuda.device_count()} usable CUDA "
+                         "device(s) (torch.cuda.is_available() is False without a GPU or a CUDA build of PyTorch)")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be cpu, cuda or cuda:N, got {device}")
+    return device
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    """The model's inputs of a task batch on ``device``; ``parent`` (chunk -> sequence) stays on the host."""
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) and k != "parent" else v
+            for k, v in batch.items()}
 
 
 def classification_metrics(labels: np.ndarray, probs: np.ndarray) -> dict:
@@ -266,11 +294,13 @@ def evaluate(model, loader, split: LabelledSplit, precision: str = "auto", name:
     ``loss`` and ``probs`` (n, C) in row order of ``split``."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     logits, parents = [], []
     for batch in tqdm(loader, desc=name, leave=False, disable=not progress):
-        with autocast(precision):
-            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        logits.append(out.logits.float())
+        inputs = to_device(batch, device)
+        with autocast(precision, device):
+            out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+        logits.append(out.logits.float().cpu())
         parents.append(batch["parent"])
     model.train(was_training)
     per_seq = average_chunk_logits(torch.cat(logits), torch.cat(parents), num_parents=len(split))  # (n, C)
@@ -296,16 +326,17 @@ class FitProgress:
     aux_weight: float = 0.0  # the auxiliary masked loss's weight now (0: off or standing by)
     switched_at: int | None = None  # the step at which the standby masked loss was switched on
     stopped_early: bool = False
+    out_of_time: bool = False  # settings.max_time was spent
     seen: int = 0
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
 
     def record(self, dev: dict, losses: list, aux_losses: list, steps_per_epoch: int, settings: FinetuneSettings,
-               trainable, standby: bool) -> bool:
-        """Add the dev evaluation of this step; update best, patience and (with a ``standby`` masked loss) the
-        switch. Returns whether dev improved (ties keep the first)."""
+               trainable, standby: bool, lr: float) -> bool:
+        """Add the dev evaluation of this step (``lr``: the learning rate now); update best, patience and (with a
+        ``standby`` masked loss) the switch. Returns whether dev improved (ties keep the first)."""
         self.curve.append({"step": self.step, "epoch": round(self.step / steps_per_epoch, 3),
-                           "train_loss": float(np.mean(losses)), "dev": dev,
+                           "train_loss": float(np.mean(losses)), "dev": dev, "lr": lr,
                            **({"train_mlm_loss": float(np.mean(aux_losses))} if aux_losses else {})})
         score = dev[settings.select_metric]
         score = -math.inf if score is None else score
@@ -337,7 +368,15 @@ def fit(model, train_loader, evaluate_dev, settings: FinetuneSettings, progress:
     run then continues exactly as if it had not stopped (same batches, dropout draws and masks). Returns the
     history: ``dev_curve``, ``best_step``, ``best_dev``, ``steps``, ``stopped_early``, the ``lr`` used, and the
     cost: ``epochs_done``, ``sequences_seen``, ``train_seconds`` (training steps only),
-    ``eval_seconds`` (dev evaluations) and training ``sequences_per_s``."""
+    ``eval_seconds`` (dev evaluations) and training ``sequences_per_s``.
+
+    ``settings.max_time`` (seconds of training and dev evaluation, resumed parts included) bounds the run by
+    time as ``epochs``/``max_steps`` bound it by steps: warm-up and decay follow whichever budget is further
+    along (the schedule's step is ``max(step, total × elapsed / max_time)``), so a run cut by its time still
+    ends its decay, and the run ends with a dev evaluation when the time is spent (``out_of_time``). Such a run
+    depends on the machine's speed: its ``steps`` are recorded, not reproducible to the step elsewhere.
+    Batches go to the model's device."""
+    device = next(model.parameters()).device
     steps_per_epoch = len(train_loader)
     total = settings.max_steps or max(1, math.ceil(settings.epochs * steps_per_epoch))
     eval_every = settings.eval_every or max(1, min(steps_per_epoch, math.ceil(total / 10)))
@@ -349,18 +388,30 @@ def fit(model, train_loader, evaluate_dev, settings: FinetuneSettings, progress:
     lr = settings.lr if settings.lr is not None else DEFAULT_LR["pretrained"]
     scales = head_lr_scales(model, settings.head_lr_scale)
     optimizer = adamw(param_groups(stepped, settings.weight_decay, lr, scales), lr=lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total, settings.schedule))
     run = FitProgress(aux_weight=settings.mlm_weight if aux is not None else 0.0)
+
+    def elapsed() -> float:  # training and dev evaluation so far, the stopped part of a resumed run included
+        return run.train_seconds + run.eval_seconds + time.perf_counter() - tick
+
+    def schedule_step(step: int) -> float:  # by steps, or by time under max_time: whichever is further along
+        if settings.max_time is None or step == 0:
+            return step
+        return max(step, total * min(1.0, elapsed() / settings.max_time))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(schedule_step(s), warmup, total, settings.schedule))
     resumed, rng = {}, None
     if state_path is not None and Path(state_path).is_file():
         saved = load_fit_state(state_path, stepped, optimizer, scheduler, total)
         run = FitProgress(**{f.name: saved[f.name] for f in dataclasses.fields(FitProgress) if f.name in saved})
         run.best, rng = tuple(run.best), saved["torch_rng"]
+        if saved.get("cuda_rng") is not None and device.type == "cuda":
+            torch.cuda.set_rng_state_all(saved["cuda_rng"])
         resumed = {"resumed_at_step": run.step, "resumed_seconds": round(run.train_seconds + run.eval_seconds, 2)}
     losses, aux_losses, tick = [], [], time.perf_counter()
     bar = tqdm(total=total, initial=run.step, desc="fine-tune", disable=not progress, dynamic_ncols=True)
     model.train()
-    while run.step < total and not run.stopped_early:
+    while run.step < total and not run.stopped_early and not run.out_of_time:
         train_loader.batch_sampler.set_epoch(run.epoch, run.batch_in_epoch)
         batches = iter(train_loader)  # draws a seed from torch's global generator, as it did in the stopped run
         if rng is not None:           # before its state was saved: so the saved state is set after the draw
@@ -368,7 +419,8 @@ def fit(model, train_loader, evaluate_dev, settings: FinetuneSettings, progress:
             rng = None
         for run.batch_in_epoch, batch in enumerate(batches, start=run.batch_in_epoch + 1):
             run.seen += len(batch["labels"])
-            with autocast(settings.precision):
+            batch = to_device(batch, device)
+            with autocast(settings.precision, device):
                 loss = task_loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                          labels=batch["labels"]).loss
                 if run.aux_weight > 0:
@@ -387,23 +439,25 @@ def fit(model, train_loader, evaluate_dev, settings: FinetuneSettings, progress:
             losses.append(task_loss.item())  # the task's loss; the auxiliary one is logged apart
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-            if run.step % eval_every == 0 or run.step == total:
+            run.out_of_time = settings.max_time is not None and elapsed() >= settings.max_time
+            if run.step % eval_every == 0 or run.step == total or run.out_of_time:
                 now = time.perf_counter()
                 run.train_seconds += now - tick
                 dev = {k: v for k, v in evaluate_dev(model).items() if k != "probs"}
                 tick = time.perf_counter()
                 run.eval_seconds += tick - now
-                if run.record(dev, losses, aux_losses, steps_per_epoch, settings, trainable, aux is not None) \
+                if run.record(dev, losses, aux_losses, steps_per_epoch, settings, trainable, aux is not None,
+                              scheduler.get_last_lr()[0]) \
                         and on_best is not None:
                     on_best(model, run.step, dev)
                 losses, aux_losses = [], []
                 shown = dev[settings.select_metric]
                 bar.set_postfix(loss=f"{run.curve[-1]['train_loss']:.4f}",
                                 **{f"dev_{settings.select_metric}": "n/a" if shown is None else f"{shown:.3f}"})
-                if state_path is not None and run.step < total and not run.stopped_early:
+                if state_path is not None and run.step < total and not run.stopped_early and not run.out_of_time:
                     save_fit_state(state_path, stepped, optimizer, scheduler, total=total, **vars(run))
                     tick = time.perf_counter()  # writing the state is neither training nor evaluation
-            if run.step >= total or run.stopped_early:
+            if run.step >= total or run.stopped_early or run.out_of_time:
                 break
         run.epoch, run.batch_in_epoch = run.epoch + 1, 0
     bar.close()
@@ -413,7 +467,7 @@ def fit(model, train_loader, evaluate_dev, settings: FinetuneSettings, progress:
             p.copy_(saved)
     return {"dev_curve": run.curve, "best_step": run.best[0], "best_dev": run.best[2], "steps": run.step,
             "total_steps": total, "eval_every": eval_every, "warmup_steps": warmup, "stopped_early": run.stopped_early,
-            "steps_per_epoch": steps_per_epoch, "lr": lr, "epochs_done": round(run.step / steps_per_epoch, 3),
+            "out_of_time": run.out_of_time, "steps_per_epoch": steps_per_epoch, "lr": lr, "epochs_done": round(run.step / steps_per_epoch, 3),
             "sequences_seen": run.seen, "train_seconds": round(run.train_seconds, 2),
             "eval_seconds": round(run.eval_seconds, 2), "sequences_per_s": round(run.seen / max(run.train_seconds, 1e-9), 1),
             "mlm_switched_at": run.switched_at, **resumed}
@@ -482,14 +536,16 @@ def _write_predictions(path: Path, split: LabelledSplit, probs: np.ndarray, labe
 
 
 def train_selected_on_dev(task: Task, splits: dict[str, LabelledSplit], model, preset, seed: int,
-                          settings: FinetuneSettings, progress: bool = True, on_best=None, state_path=None):
-    """Seed, build the classifier (LoRA-wrapped when asked), :func:`fit` it on ``splits["train"]``
+                          settings: FinetuneSettings, progress: bool = True, on_best=None, state_path=None,
+                          device: torch.device | str = "cpu"):
+    """Seed, build the classifier on ``device`` (LoRA-wrapped when asked), :func:`fit` it on ``splits["train"]``
     selecting on ``splits["dev"]`` (saving and resuming its state at ``state_path`` when given). Returns ``(classifier with the best-on-dev weights, adapters
     merged; source notes; fit history; trainable parameter count)``. Test is never touched."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
     classifier, source = build_model(task, model, preset, settings, splits["train"])
+    classifier.to(device)
     net = apply_lora(classifier, settings.lora_rank, settings.lora_alpha, settings.lora_dropout) \
         if settings.lora_rank > 0 else classifier
     if settings.compile:  # in place: parameter names and the saved checkpoint are unchanged
@@ -503,10 +559,10 @@ def train_selected_on_dev(task: Task, splits: dict[str, LabelledSplit], model, p
         settings = dataclasses.replace(settings, lr=DEFAULT_LR[source["init"]])
     aux = None
     if settings.mlm_weight > 0:
-        aux = MaskedModellingLoss(classifier, seed, model)
+        aux = MaskedModellingLoss(classifier, seed, model).to(device)
     elif settings.mlm_on_collapse > 0:  # on standby, built without moving torch's generator: a run that never
         with torch.random.fork_rng(devices=[]):  # switches it on is the run without it, dropout draws included
-            aux = MaskedModellingLoss(classifier, seed, model)
+            aux = MaskedModellingLoss(classifier, seed, model).to(device)
     history = fit(net, train_loader,
                   lambda m: evaluate(m, dev_loader, splits["dev"], settings.precision, "dev"), settings, progress,
                   on_best=on_best, aux=aux, state_path=state_path)
@@ -529,7 +585,7 @@ def sweep_grid(init: str, settings: FinetuneSettings, lora_ranks=None, poolings=
 def finetune(task, out: str | os.PathLike | None = None, *, model: str | os.PathLike | None = None,
              preset: str | None = None, layout: str = "auto", seed: int = 0, command: str | None = None,
              progress: bool = True, save_model: bool = True, overwrite: bool = False, resume: bool = False,
-             task_options: dict | None = None,
+             task_options: dict | None = None, device: str | torch.device | None = None,
              baselines=(), sweep: bool = False, sweep_lora_ranks=None, sweep_poolings=None, **settings) -> dict:
     """Fine-tune on ``task`` (a :class:`Task` or a path read with ``layout``) and evaluate once on test.
 
@@ -538,7 +594,9 @@ def finetune(task, out: str | os.PathLike | None = None, *, model: str | os.Path
     model to ``model/`` each time dev improves (with ``save_model``), then writes the other files of the
     module docstring. ``resume`` continues the unfinished run in ``out`` exactly where its last dev evaluation
     left it (its :data:`FIT_STATE`; the same settings are required), or returns the metrics of a finished one.
-    ``task_options`` go to the task loader (e.g. ``sequence_column``).
+    ``task_options`` go to the task loader (e.g. ``sequence_column``). ``device``: where the model trains
+    (:func:`pick_device`; default CUDA where there is one); precision ``auto`` is resolved for it, and
+    ``metrics.json`` records both. The baselines train on the CPU.
     ``settings`` are :class:`FinetuneSettings` fields. Returns what ``out/metrics.json`` holds
     (when ``out`` is given): task and split notes, model source and config, settings, seed, run
     metadata (:func:`run_metadata`), ``dev_curve``, ``best_step``, ``best_dev``, ``test`` metrics
@@ -556,6 +614,9 @@ def finetune(task, out: str | os.PathLike | None = None, *, model: str | os.Path
         raise ValueError("resume continues the one model of a run folder: it needs out and no sweep")
     given = settings
     settings = FinetuneSettings(**settings)
+    device = pick_device(device)
+    if device.type != "cpu":  # "auto" means the fastest precision on the device that trains, not on the host
+        settings.precision = resolve(given.get("precision", "auto"), device)
     started = time.time()
     if out is not None:
         source = {"task": task if not isinstance(task, Task) else task.name, "model": model, "preset": preset,
@@ -580,7 +641,7 @@ def finetune(task, out: str | os.PathLike | None = None, *, model: str | os.Path
         trial_settings = dataclasses.replace(settings, **point)
         classifier, source, history, trainable = train_selected_on_dev(
             task, splits, model, preset, seed, trial_settings, progress, on_best,
-            state_path=Path(out) / FIT_STATE if out is not None and len(points) == 1 else None)
+            state_path=Path(out) / FIT_STATE if out is not None and len(points) == 1 else None, device=device)
         score = history["best_dev"][settings.select_metric]
         score = -math.inf if score is None else score
         trials.append({**point, "best_dev": history["best_dev"], "best_step": history["best_step"],
@@ -606,7 +667,8 @@ def finetune(task, out: str | os.PathLike | None = None, *, model: str | os.Path
                  "sizes": {k: len(v) for k, v in splits.items()}, **notes},
         "model": {**source, "config": classifier.config.to_dict(), "parameters": classifier.num_parameters(),
                   "trainable_parameters": trainable, "mode": "lora" if lora_rank > 0 else "full"},
-        "settings": dataclasses.asdict(FinetuneSettings(**given)), "seed": seed, **run_metadata(command), **history,
+        "settings": dataclasses.asdict(FinetuneSettings(**given)), "seed": seed, "device": str(device),
+        "precision": settings.precision, **run_metadata(command), **history,
         "test": test, "test_evaluations": 1, "seconds": seconds, "warnings": training_warnings(history)}
     if sweep:
         result["sweep"] = {"selected": point, "select_metric": settings.select_metric, "trials": trials}

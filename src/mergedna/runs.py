@@ -54,7 +54,8 @@ def run_identity(settings: dict) -> dict:
 
 
 def differences(a: dict, b: dict) -> list[str]:
-    """``key: old -> new`` for every top-level key whose value differs."""
+    """``key: old -> new`` for every top-level key whose value differs. A key one side lacks counts as None: a
+    setting added to the tool after a run was made matches that run at its off value (None)."""
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
@@ -104,7 +105,7 @@ def claim_run_dir(out: str | os.PathLike, command: str, settings: dict, resume: 
     elif held is not None and resume:
         if held != command:
             raise RunFolderError(f"--out {out} holds a {held} run, not a {command} run: --resume cannot continue it")
-        if record is not None and record.get("settings") != identity:
+        if record is not None and differences(record.get("settings") or {}, identity):
             diff = "; ".join(differences(record.get("settings") or {}, identity))
             raise RunFolderError(f"--resume: settings differ from the run in {out} ({diff}); resume with the "
                                  "same settings, or start again with --overwrite")

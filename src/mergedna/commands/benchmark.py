@@ -47,7 +47,7 @@ def run(args) -> int:
     results = run_benchmark(args.suite, args.data_root, args.out, args.tasks, args.seeds, args.first_seed,
                             model=args.model, preset=args.preset, command=command_line(),
                             progress=not args.no_progress, save_models=args.save_models, on_run=report,
-                            baselines=baselines, **settings_from_args(args))
+                            baselines=baselines, device=args.device, **settings_from_args(args))
     print()
     print(markdown_table(results))
     print(f"wrote {args.out}/results.json and {args.out}/results.md")

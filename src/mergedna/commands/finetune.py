@@ -68,6 +68,9 @@ def add_training_arguments(p: argparse.ArgumentParser, source_required: bool = T
     a("--eval-batch-size", "sequences per evaluation batch (None: 2 x batch size)", type=int)
     a("--epochs", type=float)
     a("--max-steps", "optimizer steps (wins over --epochs)", type=int)
+    a("--max-time", "seconds of training and dev evaluation: the run ends (with a dev evaluation) when they are "
+                    "spent, and warm-up and decay follow whichever of time and steps runs out first; the steps it "
+                    "reached are recorded (they depend on the machine)", type=float)
     a("--warmup-ratio", "warm-up as a fraction of all steps", type=float)
     a("--warmup-steps", "warm-up steps (wins over --warmup-ratio)", type=int)
     a("--schedule", "decay after warm-up", choices=("linear", "cosine"))
@@ -97,6 +100,8 @@ def add_training_arguments(p: argparse.ArgumentParser, source_required: bool = T
     a("--split-seed", "seed of carved splits (fixed across seeds)", type=int)
     a("--train-on-dev", "train on dev when a task has no train split (result marked not comparable)",
       action="store_true")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda where there is one, else cpu); the "
+                                    "baselines train on the CPU")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -119,7 +124,7 @@ def finetune_kwargs(args) -> dict:
     baselines = ["cnn", "kmer"] if args.baselines == [] else args.baselines or ()
     return dict(task=args.task, out=args.out, model=args.model, preset=args.preset, layout=args.layout,
                 seed=args.seed, progress=not args.no_progress, overwrite=args.overwrite, resume=args.resume,
-                task_options=columns,
+                task_options=columns, device=args.device,
                 baselines=tuple(baselines), sweep=args.sweep, sweep_lora_ranks=args.sweep_lora_ranks,
                 sweep_poolings=args.sweep_poolings,
                 **settings_from_args(args))
