@@ -19,21 +19,12 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
-
 from mergedna.baselines import CNNSettings, train_cnn
-from mergedna.benchmark import SUITES
+from mergedna.benchmark import SUITES, pct_mean_sd
 from mergedna.data.tasks import load_task
 from mergedna.finetune import FinetuneSettings, prepare_splits
 from mergedna.provenance import run_metadata
 from mergedna.seqio import write_json_atomic, write_text_atomic
-
-
-def mean_sd(values: list[float]) -> str:
-    v = 100 * np.asarray(values, dtype=float)
-    if len(v) == 0:
-        return "–"
-    return f"{v.mean():.2f}" if len(v) == 1 else f"{v.mean():.2f} ± {v.std(ddof=1):.2f}"
 
 
 def full_cnn(root: Path | None, task: str, seed: int) -> dict | None:
@@ -88,9 +79,9 @@ def table(rows: list[dict], meta: dict) -> str:
         label = f"`{m['preset']}`, {m['steps']} steps" + (f", `--mlm-weight {m['mlm_weight']:g}`" if m["mlm_weight"] else "")
         full = [r["cnn_full"]["test"]["mcc"] for r in group if r["cnn_full"]]
         lines.append(f"| {key[1]} | {len(group)} | {label} | {m['sequences_seen']:,} ({m['epochs_done']:.2f}) | "
-                     f"{mean_sd([r['mergedna']['test']['mcc'] for r in group])} | "
-                     f"{mean_sd([r['cnn_matched']['test']['mcc'] for r in group])} | "
-                     f"{mean_sd(full) if len(full) == len(group) else '–'} |")
+                     f"{pct_mean_sd([r['mergedna']['test']['mcc'] for r in group])} | "
+                     f"{pct_mean_sd([r['cnn_matched']['test']['mcc'] for r in group])} | "
+                     f"{pct_mean_sd(full) if len(full) == len(group) else '–'} |")
     return "\n".join(lines) + "\n"
 
 

@@ -15,10 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def fmt(values):
-    arr = 100 * np.asarray(values, dtype=float)
-    return f"{arr.mean():.2f}" + (f" ± {arr.std(ddof=1):.2f}" if len(arr) > 1 else "")
+from mergedna.benchmark import pct_mean_sd
 
 
 def main(root: str) -> None:
@@ -39,8 +36,8 @@ def main(root: str) -> None:
             mark = " **" if arm == best else ""
             rate = [m.get("sequences_per_s") for m in ms]
             rate = f"{np.mean(rate):.0f}" if None not in rate else "–"
-            print(f"| {arm}{mark} | {len(ms)} | {fmt([m['best_dev']['mcc'] for m in ms])} | "
-                  f"{fmt([m['test']['mcc'] for m in ms])} | {fmt([m['test']['accuracy'] for m in ms])} | "
+            print(f"| {arm}{mark} | {len(ms)} | {pct_mean_sd([m['best_dev']['mcc'] for m in ms])} | "
+                  f"{pct_mean_sd([m['test']['mcc'] for m in ms])} | {pct_mean_sd([m['test']['accuracy'] for m in ms])} | "
                   f"{int(np.mean([m['steps'] for m in ms]))} ({int(np.mean([m['best_step'] for m in ms]))}) | "
                   f"{np.mean([m['seconds'] for m in ms]):.0f} | {rate} |")
             for m in ms:

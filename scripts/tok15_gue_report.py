@@ -11,19 +11,11 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
+from mergedna.benchmark import pct_mean_sd
 from mergedna.seqio import write_text_atomic
 
 ARMS = ("learned", "detached", "fixed", "scratch")
 BASELINES = ("cnn", "kmer")
-
-
-def cell(values: list[float]) -> str:
-    if not values:
-        return "–"
-    v = 100 * np.asarray(values)
-    return f"{v.mean():.2f}" if len(v) == 1 else f"{v.mean():.2f} ± {v.std(ddof=1):.2f}"
 
 
 def main(root: Path) -> str:
@@ -44,13 +36,13 @@ def main(root: Path) -> str:
             steps = sorted({m["steps"] for m in metrics})
             stuck = sum(bool(m.get("warnings")) for m in metrics)
             note = "/".join(map(str, steps)) + " steps" + (f", {stuck}/{len(runs)} one class" if stuck else "")
-            cells.append(f"{cell([r['test']['mcc'] for r in runs])} ({note})")
+            cells.append(f"{pct_mean_sd([r['test']['mcc'] for r in runs])} ({note})")
         for name in BASELINES:  # the same split and seed give the same reference: one per seed, from any arm
             by_seed = {}
             for r in results.values():
                 for b in r.get("baseline_runs", {}).get(name, []):
                     by_seed.setdefault(b["seed"], b["test"]["mcc"])
-            cells.append(cell(list(by_seed.values())))
+            cells.append(pct_mean_sd(list(by_seed.values())))
         rows.append(f"| {task} | " + " | ".join(cells) + " |")
         meta += [f"- {task} / {arm}: `{r['meta']['command']}`; {r['meta']['date']}; commit "
                  f"{r['meta']['git_commit'][:7]}{' (dirty)' if r['meta']['git_dirty'] else ''}"

@@ -34,8 +34,14 @@ def test_pretrain_and_resume_on_device(tmp_path, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_gradients_on_device_match_cpu(chr20, device):
-    """The three-pass step in fp32 gives the same gradients on the device as on the CPU."""
+def test_gradients_on_device_match_cpu(chr20, device, monkeypatch):
+    """The three-pass step in fp32 gives the CPU's gradients on the device, for the same masks. The objective
+    draws its noise on the device's own generator (seeded from the step's CPU one), which gives other masks
+    than the CPU's; the test draws on the CPU for both (``device_generator`` made the identity), as the first
+    CUDA run of this test showed (2026-11-29, H200: it compared two different masks and failed)."""
+    import mergedna.objectives as objectives
+
+    monkeypatch.setattr(objectives, "device_generator", lambda gen, device: gen)
     grads = {}
     for dev in ("cpu", device):
         torch.manual_seed(0)
@@ -43,8 +49,8 @@ def test_gradients_on_device_match_cpu(chr20, device):
         MergeDNAPretrainer(model, ObjectiveConfig())(batch_from(chr20, [256, 200]).to(dev),
                                                      step_generator(0, 3))["loss"].backward()
         grads[dev] = {n: p.grad.cpu() for n, p in model.named_parameters()}
-    for name, g in grads["cpu"].items():
-        assert torch.allclose(g, grads[device][name], atol=1e-4, rtol=1e-3), name
+    for name, g in grads["cpu"].items():  # relative to each tensor's norm: kernels sum in other orders
+        assert (g - grads[device][name]).norm() <= 1e-3 * g.norm() + 1e-6, name
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: torch.cuda.max_memory_allocated")
@@ -73,7 +79,8 @@ def test_memory_estimate_bounds_cuda_peak(chr20, checkpointing):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("pooling", ["mean", "cls", "attention", "mean_flatten"])
 def test_classifier_on_device_matches_cpu(chr20, device, pooling):
-    """Every sequence head gives the CPU's logits on the device (fp32), padding included."""
+    """Every sequence head gives the CPU's logits on the device (fp32), padding included. Tolerance: on an
+    H200 (2026-11-29) the logits of this random-init tiny model differed from the CPU's by up to 2.8e-4."""
     import copy
 
     from mergedna.heads import MergeDNAForSequenceClassification
@@ -85,7 +92,7 @@ def test_classifier_on_device_matches_cpu(chr20, device, pooling):
     with torch.no_grad():
         ref = model(ids).logits
         out = copy.deepcopy(model).to(device)(ids.to(device)).logits.cpu()
-    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-3)
+    torch.testing.assert_close(out, ref, atol=1e-3, rtol=1e-3)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -124,6 +124,12 @@ def _pct(entry: dict | None) -> str:
     return text + (f" ± {100 * entry['sd']:.2f}" if entry.get("sd") is not None else "")
 
 
+def pct_mean_sd(values) -> str:
+    """Metric ``values`` (fractions, one per seed) as "mean ± sd" × 100, the sd over seeds (n - 1); one value:
+    the mean alone; none: n/a. The one format of every results table (benchmark and the report scripts)."""
+    return _pct(_mean_sd(list(values)))
+
+
 def markdown_table(results: dict) -> str:
     """The results as markdown: header (model, command, date, commit, settings), the table, notes."""
     spec, summary = SUITES[results["suite"]], results["summary"]
