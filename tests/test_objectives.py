@@ -131,3 +131,53 @@ def test_pretraining_samples_around_the_models_merge_ratio(chr20):
     assert (obj.objective.ratio_mean, obj.objective.ratio_min, obj.objective.ratio_max) == (0.3, 0.2, 0.4)
     draws = [float(obj(batch_from(chr20, [64]), step_generator(0, s))["ratio"]) for s in range(5)]
     assert all(0.2 <= d <= 0.4 for d in draws) and abs(sum(draws) / 5 - 0.3) < 0.06
+
+
+def test_masked_loss_of_fine_tuning_shares_the_encoder_and_reads_only_the_decoders(tmp_path, monkeypatch):
+    """The auxiliary masked loss decodes from the classifier's own encoder: it builds no second encoder, and
+    from a pretraining checkpoint it loads ω, ζ and the base head (not the encoder, whose tensors are never
+    read); a classifier checkpoint, which has no decoders, leaves them new."""
+    import mergedna.model as model_mod
+    from mergedna.heads import MergeDNAForSequenceClassification
+    from mergedna.objectives import MaskedModellingLoss
+    from mergedna.seqio import SequenceFileError
+
+    torch.manual_seed(0)
+    pretrained = MergeDNAForPretraining(preset("tiny"))
+    pretrained.save_pretrained(tmp_path / "ckpt")
+    classifier = MergeDNAForSequenceClassification.from_pretrained(tmp_path / "ckpt", num_labels=2)
+    built, real_init = [], model_mod.MergeDNAModel.__init__
+    monkeypatch.setattr(model_mod.MergeDNAModel, "__init__", lambda self, *a, **k: built.append(1) or real_init(self, *a, **k))
+    aux = MaskedModellingLoss(classifier, seed=0, checkpoint=tmp_path / "ckpt")
+    assert not built and aux.pretrainer.model.mergedna is classifier.mergedna
+    for name, tensor in aux.pretrainer.model.state_dict().items():
+        if not name.startswith("mergedna."):
+            assert torch.equal(tensor, pretrained.state_dict()[name]), name
+    read = []
+    real_safe_open = model_mod.safe_open
+
+    class Spy:
+        def __init__(self, *a, **k):
+            self.inner = real_safe_open(*a, **k)
+
+        def __enter__(self):
+            self.file = self.inner.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.inner.__exit__(*exc)
+
+        def keys(self):
+            return self.file.keys()
+
+        def get_tensor(self, key):
+            read.append(key)
+            return self.file.get_tensor(key)
+
+    monkeypatch.setattr(model_mod, "safe_open", Spy)
+    MaskedModellingLoss(classifier, seed=0, checkpoint=tmp_path / "ckpt")
+    assert read and not any(k.startswith("mergedna.") for k in read)
+    classifier.save_pretrained(tmp_path / "clf")
+    assert aux.pretrainer.model.load_decoders(tmp_path / "clf") == 0
+    with pytest.raises(SequenceFileError, match="decoders do not match"):
+        MergeDNAForPretraining(preset("small")).load_decoders(tmp_path / "ckpt")

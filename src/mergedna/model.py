@@ -14,16 +14,19 @@ compilation and data parallelism are applied from outside.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from .attention import Block, key_bias, rotary_cos_sin
 from .config import MergeDNAConfig
 from .merging import (Tokens, adjacent_merge_plan, apply_merge, bipartite_merge_plan, compose_assign,
                       fixed_span_plan, merge_budget, target_lengths, unmerge)
-from .pretrained import MergeDNAPreTrainedModel
+from .pretrained import WEIGHTS_NAME, MergeDNAPreTrainedModel
+from .seqio import SequenceFileError
 from .vocab import MASK, NUM_BASES, PAD, VOCAB_SIZE
 
 
@@ -301,16 +304,42 @@ def encoder_output(local: LocalEncoderOutput, latent: LatentEncoderOutput) -> Me
         latent_counts=latent.tokens.count if latent.assign is not None else None, hidden_states=hidden)
 
 
+DECODER_PARTS = ("latent_decoder.", "local_decoder.", "lm_head.")  # what MergeDNAForPretraining adds to φ + ψ
+
+
 class MergeDNAForPretraining(MergeDNAPreTrainedModel):
     """φ + ψ + ω + ζ + a 4-way base head: reconstructs every base through the merged tokens."""
 
-    def __init__(self, config: MergeDNAConfig):
+    def __init__(self, config: MergeDNAConfig, encoder: MergeDNAModel | None = None):
+        """``encoder``: an existing φ + ψ to decode from (shared, e.g. a classifier's, for the auxiliary masked
+        loss of fine-tuning); None builds a new one."""
         super().__init__(config)
-        self.mergedna = MergeDNAModel(config)
+        self.mergedna = MergeDNAModel(config) if encoder is None else encoder
         self.latent_decoder = LatentDecoder(config)
         self.local_decoder = LocalDecoder(config)
         self.lm_head = nn.Linear(config.hidden_size, NUM_BASES, bias=False)
         self.init_weights([self.latent_decoder, self.local_decoder, self.lm_head])
+
+    def load_decoders(self, directory) -> int:
+        """Load ω, ζ and the base head from checkpoint ``directory``, without reading its encoder (which may be
+        shared here). A checkpoint without decoders (a classifier's, a bare encoder's) leaves them as they are;
+        one with only some of them, or of other shapes, is an error naming the file. Returns the tensors loaded."""
+        path = Path(directory) / WEIGHTS_NAME
+        try:
+            with safe_open(str(path), framework="pt") as weights:
+                state = {k: weights.get_tensor(k) for k in weights.keys() if k.startswith(DECODER_PARTS)}
+        except (SafetensorError, OSError) as err:
+            raise SequenceFileError(f"cannot read the weights ({err}); the file is damaged or truncated",
+                                    file=path) from None
+        if not state:
+            return 0
+        own = {k: v for k, v in self.state_dict().items() if k.startswith(DECODER_PARTS)}
+        wrong = sorted(set(own) ^ set(state)) + sorted(k for k in own if k in state and own[k].shape != state[k].shape)
+        if wrong:
+            raise SequenceFileError(f"its decoders do not match this model's config ({len(wrong)} tensors missing, "
+                                    f"extra or of another shape, e.g. {wrong[0]})", file=path)
+        self.load_state_dict(state, strict=False)
+        return len(state)
 
     def decode(self, latent_z: torch.Tensor, local: LocalEncoderOutput,
                latent_assign: torch.Tensor | None = None) -> torch.Tensor:

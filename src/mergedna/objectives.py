@@ -286,9 +286,9 @@ class MaskedModellingLoss(torch.nn.Module):
 
     def __init__(self, classifier: MergeDNAForSequenceClassification, seed: int, checkpoint=None):
         super().__init__()
-        decoder = (MergeDNAForPretraining.from_pretrained(checkpoint) if checkpoint is not None
-                   else MergeDNAForPretraining(classifier.config))
-        decoder.mergedna = classifier.mergedna  # shared: the encoder being fine-tuned
+        decoder = MergeDNAForPretraining(classifier.config, encoder=classifier.mergedna)  # shared: the one fine-tuned
+        if checkpoint is not None:
+            decoder.load_decoders(checkpoint)  # the checkpoint's ω, ζ and head where it has them; its encoder is not read
         self.pretrainer = MergeDNAPretrainer(decoder, ObjectiveConfig(objective="mlm"))
         self.seed = seed
 
