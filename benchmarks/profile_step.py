@@ -10,7 +10,8 @@ step or evaluation of a sequence classifier) under bf16 autocast (fp32 where the
 ``--steps`` steps. Prints and writes to ``benchmarks/results/profile_<preset>_<mode>_<N>_<precision>.md``:
 the operators by self CPU time, and the same time summed into classes (matmul, attention,
 elementwise, casts and copies, merge gathers/scatters/sorts, optimiser, other), the shares the
-issue's optimisations are chosen from.
+issue's optimisations are chosen from; and the operator dispatches and host reads per step, which bound a
+step of a small model on a GPU (results/finetune_small_scratch_gpu).
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ CLASSES = {  # operator (after "aten::", leading underscores dropped) -> class; 
                          "zero_", "empty", "empty_strided", "new_zeros", "zeros", "ones", "full", "masked_fill",
                          "masked_fill_", "where"},
 }
+
+
+HOST_READS = {"aten::_local_scalar_dense", "aten::nonzero"}  # .item()/.tolist() and boolean indexing: a GPU sync
 
 
 def classify(name: str) -> str:
@@ -82,6 +86,10 @@ def main(argv=None) -> None:
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(args.steps):
             fn()
+    raw = prof.events()  # dispatches: aten operators that call no other (on a GPU, each that computes is a launch)
+    leaves = sum(e.name.startswith("aten::") and not any(c.name.startswith("aten::") for c in e.cpu_children)
+                 for e in raw)
+    reads = sum(e.name in HOST_READS for e in raw)
     events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
     total = sum(e.self_cpu_time_total for e in events)
     by_class = defaultdict(float)
@@ -92,7 +100,10 @@ def main(argv=None) -> None:
              f"- {meta['machine']['cpu']}, {args.threads} threads, torch {meta['machine']['torch']}, "
              f"{meta['date']}, commit {meta['git_commit']}{' (dirty)' if meta['git_dirty'] else ''}",
              f"- command: `{meta['command']}`; {'bf16 autocast' if suite.PRECISION == 'bf16' else 'fp32'}; {args.steps} profiled steps after {args.warmup} warm-up",
-             f"- self CPU time per step: {total / args.steps / 1e6:.3f} s", "",
+             f"- self CPU time per step: {total / args.steps / 1e6:.3f} s",
+             f"- per step: {leaves / args.steps:.0f} operator dispatches (aten operators calling no other; on a GPU "
+             f"each that computes is a kernel launch, so at a few µs of host time each they bound a step of a small "
+             f"model), {reads / args.steps:.0f} host reads of device values ({', '.join(sorted(HOST_READS))})", "",
              "| class | share |", "|---|---|"]
     for cls, t in sorted(by_class.items(), key=lambda kv: -kv[1]):
         lines.append(f"| {cls} | {t / total:.1%} |")
