@@ -9,7 +9,7 @@
 #   lr3e-4    --lr 3e-4
 #   usage: bash scripts/mouse_0_arms.sh [DATA_DIR] [ARM ...]     (default: all four; seed 0)
 #   env: OUT (results/mouse_0_arms), SEED (0), STEPS (2000)
-# Finished runs (metrics.json present) are kept; the table is rebuilt at the end (scripts/summarise_runs.py).
+# Finished runs (metrics.json present) are kept; the table (results.md) is rebuilt at the end (scripts/summarise_runs.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA="${1:-../shared/data}"
@@ -34,4 +34,4 @@ for arm in "${ARMS[@]}"; do
       --max-steps "${STEPS:-2000}" --eval-every 200 --patience 0 --mlm-weight 1 --precision fp32 --no-progress \
       "${extra[@]}" "${resume[@]}"
 done
-"$PY" scripts/summarise_runs.py "$OUT" > "$OUT/README.md"
+"$PY" scripts/summarise_runs.py "$OUT" > "$OUT/results.md"
