@@ -81,8 +81,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable
 
+import numpy as np
 import torch
 
 from mergedna import flops
@@ -338,15 +340,6 @@ def throughput(args, genome: Genome | None, sections: set[str]) -> list[dict]:
 
 
 # ---------------------------------------------------------------- fine-tuning on short sequences (issue 14)
-class _FixedLengths:
-    """Stands for a training split of ``n`` sequences of one ``length`` (what ``default_pooling`` reads)."""
-
-    def __init__(self, n: int, length: int):
-        import numpy as np
-
-        self.lengths = np.full(n, length)
-
-
 def finetune_workloads(preset_name: str, ids: torch.Tensor, compile: bool = False) -> dict:
     """Training step (forward + backward + clip + AdamW, the groups and optimiser of
     ``mergedna.finetune.fit``) and evaluation (no_grad forward) of a 2-class sequence classifier with
@@ -361,7 +354,7 @@ def finetune_workloads(preset_name: str, ids: torch.Tensor, compile: bool = Fals
         if pooling == "auto":  # what fine-tuning picks for a task of fixed-length windows
             try:
                 from mergedna.finetune import default_pooling  # mean_flatten since the head-lr change
-                pooling = default_pooling(_FixedLengths(len(ids), ids.shape[1]))
+                pooling = default_pooling(SimpleNamespace(lengths=np.full(len(ids), ids.shape[1])))
             except ImportError:  # an older mergedna (benchmarks/ab_commits.py): its auto head was flatten
                 pooling = "flatten" if ids.shape[1] <= FLATTEN_MAX_LENGTH else "cls"
         head = dict(pooling=pooling, cls_token=pooling == "cls", pool_length=ids.shape[1])

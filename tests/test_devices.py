@@ -104,11 +104,10 @@ def test_finetune_runs_and_resumes_on_device(tmp_path, monkeypatch, device):
     from mergedna.finetune import finetune
     from mergedna.runs import FIT_STATE
 
-    from mergedna_testing import Killed, die_at_dev_evaluation
+    from mergedna_testing import RESUMABLE_RUN, Killed, die_at_dev_evaluation
 
     task = FIXTURES / "tasks" / "gue" / "splice3"
-    run = dict(preset="tiny", seed=1, max_steps=8, batch_size=4, eval_every=2, patience=None, progress=False,
-               precision="fp32", device=device)
+    run = dict(RESUMABLE_RUN, precision="fp32", device=device)
     whole = finetune(task, tmp_path / "whole", **run)
     assert whole["device"].startswith(device) and whole["precision"] == "fp32" and whole["mlm_switched_at"] == 4
     die_at_dev_evaluation(monkeypatch, 3)

@@ -27,7 +27,7 @@ from mergedna.precision import resolve
 from mergedna.runs import FIT_STATE, RunFolderError
 from mergedna.vocab import SequenceFileError
 
-from mergedna_testing import FIXTURES, Killed, die_at_dev_evaluation
+from mergedna_testing import FIXTURES, RESUMABLE_RUN, Killed, die_at_dev_evaluation
 
 GUE_FIX = FIXTURES / "tasks" / "gue"
 SPLICE3 = GUE_FIX / "splice3"
@@ -246,7 +246,6 @@ def comparable(result: dict) -> dict:
             "sequences_seen": result["sequences_seen"]}
 
 
-RESUMABLE_RUN = dict(preset="tiny", seed=1, **{**QUICK, "max_steps": 8, "patience": None})
 
 
 def test_benchmark_table_carries_each_runs_notes(tmp_path, monkeypatch):

@@ -153,8 +153,10 @@ def test_masked_loss_of_fine_tuning_shares_the_encoder_and_reads_only_the_decode
     for name, tensor in aux.pretrainer.model.state_dict().items():
         if not name.startswith("mergedna."):
             assert torch.equal(tensor, pretrained.state_dict()[name]), name
+    import mergedna.pretrained as pretrained_mod
+
     read = []
-    real_safe_open = model_mod.safe_open
+    real_safe_open = pretrained_mod.safe_open
 
     class Spy:
         def __init__(self, *a, **k):
@@ -174,7 +176,7 @@ def test_masked_loss_of_fine_tuning_shares_the_encoder_and_reads_only_the_decode
             read.append(key)
             return self.file.get_tensor(key)
 
-    monkeypatch.setattr(model_mod, "safe_open", Spy)
+    monkeypatch.setattr(pretrained_mod, "safe_open", Spy)
     MaskedModellingLoss(classifier, seed=0, checkpoint=tmp_path / "ckpt")
     assert read and not any(k.startswith("mergedna.") for k in read)
     classifier.save_pretrained(tmp_path / "clf")

@@ -18,14 +18,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from .attention import Block, key_bias, rotary_cos_sin
 from .config import MergeDNAConfig
 from .merging import (Tokens, adjacent_merge_plan, apply_merge, bipartite_merge_plan, compose_assign,
                       fixed_span_plan, merge_budget, target_lengths, unmerge)
-from .pretrained import WEIGHTS_NAME, MergeDNAPreTrainedModel
+from .pretrained import WEIGHTS_NAME, MergeDNAPreTrainedModel, read_weights
 from .seqio import SequenceFileError
 from .vocab import MASK, NUM_BASES, PAD, VOCAB_SIZE
 
@@ -325,12 +324,7 @@ class MergeDNAForPretraining(MergeDNAPreTrainedModel):
         shared here). A checkpoint without decoders (a classifier's, a bare encoder's) leaves them as they are;
         one with only some of them, or of other shapes, is an error naming the file. Returns the tensors loaded."""
         path = Path(directory) / WEIGHTS_NAME
-        try:
-            with safe_open(str(path), framework="pt") as weights:
-                state = {k: weights.get_tensor(k) for k in weights.keys() if k.startswith(DECODER_PARTS)}
-        except (SafetensorError, OSError) as err:
-            raise SequenceFileError(f"cannot read the weights ({err}); the file is damaged or truncated",
-                                    file=path) from None
+        state = read_weights(path, keep=lambda name: name.startswith(DECODER_PARTS))
         if not state:
             return 0
         own = {k: v for k, v in self.state_dict().items() if k.startswith(DECODER_PARTS)}

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -108,11 +108,7 @@ class MergeDNAPreTrainedModel(nn.Module):
         config = load_config(directory).replace(**config_overrides)
         model = cls(config)
         w_path = directory / WEIGHTS_NAME
-        try:
-            state = load_file(str(w_path), device=str(map_location))
-        except (SafetensorError, OSError, RuntimeError) as err:
-            raise SequenceFileError(f"cannot read the weights ({err}); the file is damaged or truncated",
-                                    file=w_path) from None
+        state = read_weights(w_path, map_location)
         own = model.state_dict()
         wraps = any(k.startswith(ENCODER_PREFIX) for k in own)  # a head or pretraining model around φ + ψ
         if not wraps and any(k.startswith(ENCODER_PREFIX) for k in state):  # bare encoder from a wrapped checkpoint
@@ -151,6 +147,19 @@ class MergeDNAPreTrainedModel(nn.Module):
                              + (f"; new (randomly initialised) {_groups(added)}" if added else ""))
         log.info("%s", model.load_report)
         return model
+
+
+def read_weights(path: str | os.PathLike, map_location: str | torch.device = "cpu", keep=None) -> dict:
+    """The tensors of a ``model.safetensors`` file: all of them, or only those whose name ``keep(name)`` accepts
+    (the others are never read). A damaged or truncated file is a :class:`SequenceFileError` naming it."""
+    try:
+        if keep is None:
+            return load_file(str(path), device=str(map_location))
+        with safe_open(str(path), framework="pt", device=str(map_location)) as weights:
+            return {k: weights.get_tensor(k) for k in weights.keys() if keep(k)}
+    except (SafetensorError, OSError, RuntimeError) as err:
+        raise SequenceFileError(f"cannot read the weights ({err}); the file is damaged or truncated",
+                                file=path) from None
 
 
 def load_config(directory: str | os.PathLike) -> MergeDNAConfig:

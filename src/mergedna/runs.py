@@ -105,8 +105,8 @@ def claim_run_dir(out: str | os.PathLike, command: str, settings: dict, resume: 
     elif held is not None and resume:
         if held != command:
             raise RunFolderError(f"--out {out} holds a {held} run, not a {command} run: --resume cannot continue it")
-        if record is not None and differences(record.get("settings") or {}, identity):
-            diff = "; ".join(differences(record.get("settings") or {}, identity))
+        diff = "; ".join(differences(record.get("settings") or {}, identity)) if record is not None else ""
+        if diff:
             raise RunFolderError(f"--resume: settings differ from the run in {out} ({diff}); resume with the "
                                  "same settings, or start again with --overwrite")
     elif held is not None:

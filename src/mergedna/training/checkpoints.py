@@ -79,8 +79,8 @@ def load_checkpoint(path: str | Path) -> tuple[dict, dict, dict]:
 def save_fit_state(path, stepped, optimizer, scheduler, **loop) -> None:
     """Write what :func:`mergedna.finetune.fit` needs to continue exactly: the trained parameters (``stepped``:
     the model's trainable ones and the auxiliary decoders', by name), optimizer and schedule, torch's global
-    generators (the CPU's: data order; CUDA's where it is in use: dropout there), and ``loop``: the step count ``total`` and the fields of
-    :class:`~mergedna.finetune.FitProgress` (counters, curve, best-on-dev state). One ``torch.save`` through
+    generators (the CPU's: data order; CUDA's where it is in use: dropout there), and ``loop``: the step count
+    ``total`` and the fields of :class:`~mergedna.finetune.FitProgress` (counters, curve, best-on-dev state). One ``torch.save`` through
     a temporary file and a rename, so a kill at any moment leaves the previous state or this one."""
     state = {"params": {n: p.detach() for n, p in stepped}, "optimizer": optimizer.state_dict(),  # saved as they are
              "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
