@@ -7,6 +7,8 @@
 #   nomerge   --merge-ratio 1.0: every base its own token (is the merging at random init what blocks it?)
 #   mean      --pooling mean: the paper's head (composition, which the k-mer model lives on, without flatten)
 #   lr3e-4    --lr 3e-4
+#   max       --pooling max: each feature's largest value over tokens (a motif detector; not run by default)
+#   conv9     --conv-stem 9: a width-9 depthwise convolution over the base embeddings (not run by default)
 #   usage: bash scripts/mouse_0_arms.sh [DATA_DIR] [ARM ...]     (default: all four; seed 0)
 #   env: OUT (results/mouse_0_arms), SEED (0), STEPS (2000)
 # Finished runs (metrics.json present) are kept; the table (results.md) is rebuilt at the end (scripts/summarise_runs.py).
@@ -25,6 +27,8 @@ for arm in "${ARMS[@]}"; do
     nomerge) extra=(--merge-ratio 1.0) ;;
     mean) extra=(--pooling mean) ;;
     lr3e-4) extra=(--lr 3e-4) ;;
+    max) extra=(--pooling max) ;;
+    conv9) extra=(--conv-stem 9) ;;
     *) echo "unknown arm $arm" >&2; exit 2 ;;
   esac
   dir="$OUT/runs/mouse/0/$arm/seed$SEED"

@@ -552,3 +552,12 @@ def test_compile_setting_compiles_every_block_of_the_classifier(tmp_path, monkey
     assert saved["settings"]["compile"] is True
     finetune(SPLICE3, tmp_path / "n", preset="tiny", max_steps=1, batch_size=4, progress=False)
     assert len(compiled) == 1  # off by default
+
+
+def test_conv_stem_setting_builds_the_stem_from_random_init_and_is_refused_on_a_checkpoint_without_one(checkpoint):
+    task, build = finetune_mod.load_task(SPLICE3, "gue"), finetune_mod.build_model
+    model, _ = build(task, None, "tiny", FinetuneSettings(conv_stem=9))
+    assert model.config.conv_stem == 9 and model.mergedna.local_encoder.stem.kernel_size == (9,)
+    assert build(task, None, "tiny", FinetuneSettings())[0].mergedna.local_encoder.stem is None
+    with pytest.raises(ValueError, match="conv_stem 9 asked for.*trained with conv_stem 0"):
+        build(task, checkpoint, None, FinetuneSettings(conv_stem=9))

@@ -8,7 +8,7 @@ from mergedna.heads import MergeDNAForSequenceClassification
 
 from mergedna_testing import batch_from
 
-POOLINGS = ("mean", "cls", "attention", "flatten", "mean_flatten")
+POOLINGS = ("mean", "max", "cls", "attention", "flatten", "mean_flatten")
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -49,10 +49,10 @@ def test_cls_token_never_merges_and_leaves_token_outputs_in_shape(chr20):
         preset("tiny", pooling="cls")
 
 
-@pytest.mark.parametrize("pooling", ("attention", "flatten", "mean", "mean_flatten"))
+@pytest.mark.parametrize("pooling", ("attention", "flatten", "mean", "max", "mean_flatten"))
 def test_position_aware_heads_see_where_a_feature_sits(pooling):
-    """The same token vectors moved to other bases: the mean head gives the same vector (it cannot
-    know where anything was), the position-aware heads do not."""
+    """The same token vectors moved to other bases: the mean and max heads give the same vector (they
+    cannot know where anything was), the position-aware heads do not."""
     from mergedna.model import MergeDNAEncoderOutput
 
     pooler = classifier(pooling).pooler
@@ -68,7 +68,25 @@ def test_position_aware_heads_see_where_a_feature_sits(pooling):
             return pooler(enc)
 
     same = torch.allclose(pooled(z), pooled(torch.roll(z, 16, dims=1)), atol=1e-5)
-    assert same == (pooling == "mean")
+    assert same == (pooling in ("mean", "max"))
+
+
+def test_max_head_keeps_one_spike_that_the_mean_dilutes_and_ignores_padding():
+    """One token carrying a feature (a motif somewhere in 100 bases) shows at full height in ``max`` and
+    at 1/100 of it in ``mean``; padded tokens, however large, are never the max."""
+    from mergedna.model import MergeDNAEncoderOutput
+
+    n = 100
+    z = torch.full((2, n, 64), -1.0)
+    z[0, 37, 5] = 4.0  # sequence 0: the motif at base 37
+    z[1, 90:] = 100.0  # sequence 1: padding from base 90, with values that would win a plain max
+    mask = torch.ones(2, n, dtype=torch.bool)
+    mask[1, 90:] = False
+    enc = MergeDNAEncoderOutput(last_hidden_state=z, token_mask=mask, token_sizes=mask.float(),
+                                assign=torch.arange(n)[None].expand(2, n), base_mask=mask, local=None)
+    peak, mean = classifier("max").pooler(enc), classifier("mean").pooler(enc)
+    assert peak[0, 5] == 4.0 and mean[0, 5] == pytest.approx((4.0 - 99) / n)
+    assert torch.equal(peak[1], torch.full((64,), -1.0))
 
 
 def test_mean_flatten_is_the_sum_of_its_two_paths():
@@ -86,6 +104,28 @@ def test_mean_flatten_is_the_sum_of_its_two_paths():
     mean = (z * sizes[..., None]).sum(1) / sizes.sum(1, keepdim=True)
     with torch.no_grad():
         torch.testing.assert_close(both(enc), flat(enc) + mean)
+
+
+def test_conv_stem_gives_each_base_its_ordered_neighbourhood_and_ignores_padding(chr20):
+    """With ``conv_stem`` a base's starting vector depends on its neighbours and their order (the plain
+    embedding: on the base alone); the classifier is still unchanged by the padding of its batch."""
+    from mergedna.vocab import PAD
+
+    model = classifier("max", conv_stem=5)
+    local = model.mergedna.local_encoder
+    ids = batch_from(chr20, [80, 60])
+    mask = ids != PAD
+    j = next(j for j in range(40, 70) if ids[0, j] != ids[0, j + 1])
+    swapped = ids.clone()
+    swapped[0, [j, j + 1]] = ids[0, [j + 1, j]]  # two different neighbours of base j + 2 change places
+    with torch.no_grad():
+        z, z_swapped, plain = local.embed_bases(ids, mask), local.embed_bases(swapped, mask), local.embed(ids)
+        assert not torch.allclose(z[0, j + 2], z_swapped[0, j + 2])  # order of the neighbourhood matters
+        assert torch.equal(local.embed(swapped)[0, j + 2], plain[0, j + 2])  # ... which the plain embedding cannot see
+        alone, batched = model(ids[1:, :60]).logits, model(ids).logits[1:]
+    torch.testing.assert_close(alone, batched, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="conv_stem"):
+        preset("tiny", conv_stem=4)
 
 
 def test_pooling_settings_survive_save_and_load(tmp_path, chr20):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 MERGE_SCOPES = ("sequence", "window")
 MERGE_GRADS = ("relaxed", "none")
 TOKENIZERS = ("learned", "none", "fixed")
-POOLINGS = ("mean", "cls", "attention", "flatten", "mean_flatten")
+POOLINGS = ("mean", "max", "cls", "attention", "flatten", "mean_flatten")
 
 
 _TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "list": (list,), "dict": (dict,),
@@ -43,6 +43,9 @@ class MergeDNAConfig:
     latent_decoder_layers: int = 2  # ω: full attention, pretraining only
     local_decoder_layers: int = 2  # ζ: local attention over bases
     window_size: int = 16  # w, local attention window (tokens in φ, bases in ζ)
+    conv_stem: int = 0  # > 0 (odd): a depthwise convolution of this width over the base embeddings, added to
+    #                     them before φ's first block, so each base starts from its ordered neighbourhood
+    #                     (not in the paper; docs/method.md, "Convolution stem"); 0 = the paper's plain embedding
     group_dim: int = 64  # d_g, grouping-embedding width used for merge similarity
     merge_ratio: float = 0.5  # L/N at inference
     merge_scope: str = "sequence"  # top-r over the whole sequence, or inside each window
@@ -58,7 +61,8 @@ class MergeDNAConfig:
     init_std: float = 0.02
     num_labels: int = 2  # classification heads
     classifier_dropout: float = 0.1
-    # sequence head (heads.py): "mean" (the paper's size-weighted mean over bases), "cls" (a learned
+    # sequence head (heads.py): "mean" (the paper's size-weighted mean over bases), "max" (each feature's
+    # largest value over tokens: a motif anywhere), "cls" (a learned
     # token that never merges, prepended to the Local Encoder's output; needs cls_token), "attention"
     # (attention pooling over bases with a learned absolute-position term), "flatten" (per-base features
     # flattened into a linear layer: fixed-length tasks of at most pool_length bases), "mean_flatten" (their sum)
@@ -82,6 +86,8 @@ class MergeDNAConfig:
             raise ValueError(f"tokenizer must be one of {TOKENIZERS}, got {self.tokenizer!r}")
         if self.window_size < 2 or self.window_size % 2:
             raise ValueError(f"window_size must be an even number >= 2, got {self.window_size}")
+        if self.conv_stem < 0 or (self.conv_stem and self.conv_stem % 2 == 0):
+            raise ValueError(f"conv_stem must be 0 (off) or an odd width, got {self.conv_stem}")
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if self.pooling == "cls" and not self.cls_token:

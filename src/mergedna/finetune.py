@@ -120,6 +120,7 @@ class FinetuneSettings:
     length_policy: str = "error"
     max_length: int | None = None
     merge_ratio: float | None = None
+    conv_stem: int | None = None  # from random init: config.conv_stem (a checkpoint keeps its own)
     pooling: str | None = "auto"  # sequence head (config.pooling): "auto" (see default_pooling); None keeps the model's
     dev_fraction: float = 0.1
     split_seed: int = 0
@@ -256,6 +257,11 @@ def build_model(task: Task, model: str | os.PathLike | None, preset: str | None,
         overrides.update(pooling=pooling, cls_token=pooling == "cls")
         if pooling in SIZED_POOLINGS and train is not None:
             overrides["pool_length"] = int(train.lengths.max())
+    if settings.conv_stem is not None:
+        if model is not None and settings.conv_stem != load_config(model).conv_stem:
+            raise ValueError(f"conv_stem {settings.conv_stem} asked for, but the checkpoint {model} was trained with "
+                             f"conv_stem {load_config(model).conv_stem}: the stem is part of the encoder")
+        overrides["conv_stem"] = settings.conv_stem
     if model is not None:
         # the head is always new, also on a fine-tuned model; the decoders of a pretraining checkpoint are dropped;
         # a CLS token the checkpoint lacks is new too (one it has is kept, whatever the head)

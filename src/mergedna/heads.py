@@ -2,7 +2,9 @@
 
 * Sequence level: both decoders dropped; the Latent Encoder's output is pooled into an MLP.
   ``config.pooling`` says how (:class:`SequencePooler`): ``mean``, the paper's size-weighted mean
-  over bases (every base counts once whatever its token length); ``cls``, the output of a learned
+  over bases (every base counts once whatever its token length); ``max``, the largest value of each
+  feature over the real tokens (a motif anywhere in the input shows as one high value, which a mean
+  over 100 bases dilutes: GUE mouse/0, whose negatives keep the positives' dinucleotide make-up); ``cls``, the output of a learned
   token that never merges (``config.cls_token``, see :class:`~mergedna.model.MergeDNAModel`);
   ``attention``, attention pooling over bases (tokens un-merged by ``assign``) with a learned
   absolute-position term; ``flatten``, per-base features projected to a few channels and flattened
@@ -89,6 +91,9 @@ class SequencePooler(nn.Module):
     def forward(self, enc: MergeDNAEncoderOutput) -> torch.Tensor:
         if self.kind == "mean":
             return pool_bases(enc.last_hidden_state, enc.token_sizes, enc.token_mask)
+        if self.kind == "max":
+            z = enc.last_hidden_state
+            return z.masked_fill(~enc.token_mask[..., None], torch.finfo(z.dtype).min).amax(1)
         if self.kind == "cls":
             return enc.cls_state
         x = unmerge(enc.last_hidden_state, enc.assign)  # (B, N, D): each base its token's vector

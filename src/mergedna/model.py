@@ -75,6 +75,10 @@ class LocalEncoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Embedding(VOCAB_SIZE, cfg.hidden_size)
+        k = cfg.conv_stem
+        # groups=D: one width-k filter per channel; across channels a random linear map of the one-hot window,
+        # which the first block's MLP can turn into k-mer features (config.conv_stem)
+        self.stem = nn.Conv1d(cfg.hidden_size, cfg.hidden_size, k, padding=k // 2, groups=cfg.hidden_size) if k else None
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.local_encoder_layers))
         n_group = cfg.local_encoder_layers if cfg.tokenizer == "learned" else 0
         # one grouping embedding per block: D -> d_g, compared by cosine (DTEM)
@@ -86,6 +90,15 @@ class LocalEncoder(nn.Module):
         ``merge_grad="none"`` cuts its gradient entirely (the ablation)."""
         metric = F.normalize(self.group_proj[i](z.detach()).float(), dim=-1)
         return metric.detach() if self.cfg.merge_grad == "none" else metric
+
+    def embed_bases(self, input_ids: torch.Tensor, base_mask: torch.Tensor) -> torch.Tensor:
+        """(B, N) ids -> (B, N, D): the base embeddings, plus the convolution stem's output where there is one.
+        Padding is zeroed before the convolution, so a sequence's vectors do not depend on its batch."""
+        z = self.embed(input_ids)
+        if self.stem is None:
+            return z
+        z = z * base_mask[..., None].to(z.dtype)
+        return z + self.stem(z.transpose(1, 2)).transpose(1, 2)
 
     def forward(self, input_ids, base_mask, merge_ratio=None, output_hidden_states=False, *,
                 segments: torch.Tensor | None = None, num_segments: int = 2,
@@ -99,7 +112,7 @@ class LocalEncoder(nn.Module):
         ar = torch.arange(N, device=input_ids.device)
         if lengths_cpu is None:
             lengths_cpu = base_mask.sum(1).cpu()  # the forward's one device read
-        tokens = Tokens(z=self.embed(input_ids), size=base_mask.float(), pos=ar.float().expand(B, N),
+        tokens = Tokens(z=self.embed_bases(input_ids, base_mask), size=base_mask.float(), pos=ar.float().expand(B, N),
                         mask=base_mask, segment=segments, lengths_cpu=lengths_cpu)
         assign = ar.expand(B, N)
         ratio = cfg.merge_ratio if merge_ratio is None else merge_ratio

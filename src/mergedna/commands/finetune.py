@@ -93,7 +93,9 @@ def add_training_arguments(p: argparse.ArgumentParser, source_required: bool = T
       choices=LENGTH_POLICIES)
     a("--max-length", "override the model's max_length", type=int)
     add_merge_ratio(p)
-    a("--pooling", "sequence head: mean (the paper's), cls (a CLS token that never merges), attention (with "
+    a("--conv-stem", "from random init: a depthwise convolution of this odd width over the base embeddings before "
+                     "the first block (0 = off, the paper's model; docs/method.md)", type=int)
+    a("--pooling", "sequence head: mean (the paper's), max (each feature's largest value over tokens), cls (a CLS token that never merges), attention (with "
                    "absolute positions), flatten (per-base features flattened), mean_flatten (the sum of mean and flatten); auto: mean_flatten when all training "
                    f"sequences have one length <= {FLATTEN_MAX_LENGTH}, else cls", choices=("auto", *POOLINGS))
     a("--dev-fraction", "share carved for dev when needed", type=float)
