@@ -7,7 +7,8 @@
 # The device tests (tests/test_devices.py) run beside it.
 #
 #   usage: bash scripts/device_finetune.sh GUE_ROOT OUT [MAX_TIME_S]
-#   env:   DEVICE (cuda), PRESET (small), PYTHON (python3); DEVICE=cpu PRESET=tiny checks the script on a CPU
+#   env:   DEVICE (cuda), PRESET (small), PYTHON (python3); DEVICE=cpu PRESET=tiny checks the script on a CPU;
+#          TASKS (the four, space-separated), SEEDS ("0 1 2"), EXTRA (more benchmark options, e.g. "--conv-stem 9")
 #   e.g. (on the device machine) bash scripts/device_finetune.sh .devdata/gue $OUT/runs 400
 # OUT gets one benchmark folder (runs/<task>/seed<k>/metrics.json per run: rerun `mergedna benchmark` on it
 # with the same settings elsewhere to tabulate them), the device tests' log and the environment.
@@ -22,11 +23,11 @@ T0=$SECONDS
 (timeout 240 "$PY" -m pytest -q -p no:cacheprovider tests/test_devices.py >"$OUT/logs/pytest_devices.log" 2>&1
  echo "exit $?" >>"$OUT/logs/pytest_devices.log") &
 declare -A EVERY=([prom/prom_core_notata]=250 [tf/0]=250 [mouse/0]=100 [prom/prom_300_tata]=100)
-for task in prom/prom_core_notata tf/0 mouse/0 prom/prom_300_tata; do
-  for seed in 0 1 2; do
+for task in ${TASKS:-prom/prom_core_notata tf/0 mouse/0 prom/prom_300_tata}; do
+  for seed in ${SEEDS:-0 1 2}; do
     timeout $((T + 90)) "$PY" -m mergedna.cli benchmark --suite gue --data-root "$GUE" --tasks "$task" --seeds 1 \
       --first-seed "$seed" --out "$OUT" --preset "${PRESET:-small}" --device "${DEVICE:-cuda}" --precision auto --mlm-weight 1 --epochs 30 \
-      --max-time "$T" --eval-every "${EVERY[$task]}" --eval-batch-size 256 --patience 0 --baselines --no-progress \
+      --max-time "$T" --eval-every "${EVERY[$task]:-250}" --eval-batch-size 256 --patience 0 --baselines --no-progress ${EXTRA:-} \
       >"$OUT/logs/${task//\//_}_seed$seed.log" 2>&1 &
   done
 done

@@ -9,6 +9,7 @@
 #   lr3e-4    --lr 3e-4
 #   max       --pooling max: each feature's largest value over tokens (a motif detector; not run by default)
 #   conv9     --conv-stem 9: a width-9 depthwise convolution over the base embeddings (not run by default)
+#   conv9_mean, conv9_max   the stem with the mean or the max head (not run by default)
 #   usage: bash scripts/mouse_0_arms.sh [DATA_DIR] [ARM ...]     (default: all four; seed 0)
 #   env: OUT (results/mouse_0_arms), SEED (0), STEPS (2000)
 # Finished runs (metrics.json present) are kept; the table (results.md) is rebuilt at the end (scripts/summarise_runs.py).
@@ -29,6 +30,8 @@ for arm in "${ARMS[@]}"; do
     lr3e-4) extra=(--lr 3e-4) ;;
     max) extra=(--pooling max) ;;
     conv9) extra=(--conv-stem 9) ;;
+    conv9_mean) extra=(--conv-stem 9 --pooling mean) ;;
+    conv9_max) extra=(--conv-stem 9 --pooling max) ;;
     *) echo "unknown arm $arm" >&2; exit 2 ;;
   esac
   dir="$OUT/runs/mouse/0/$arm/seed$SEED"
