@@ -36,3 +36,24 @@ def test_bar_report_puts_each_task_beside_its_baselines_and_gives_the_verdict(tm
     gap = 100 * (np.mean(ours) - np.mean(cnn))
     assert cells[7] == f"{gap:+.2f}" and cells[8] == ("yes" if gap >= -3 else "no")
     assert res.stdout.count("| runs | tf/0 | ") == 1 + 3  # the task row and one row per seed
+
+
+def test_kmer_order_probe_selects_c_on_dev_for_each_k_alone():
+    """scripts/kmer_order_probe.py: one row per k, each the k-mer baseline's best-on-dev C among that k's fits."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        from kmer_order_probe import probe
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    from mergedna.baselines import KmerSettings, train_kmer
+    from mergedna.data.tasks import load_task
+    from mergedna.finetune import FinetuneSettings, prepare_splits
+
+    task_dir = FIXTURES / "tasks" / "gue" / "splice3"
+    rows = probe(str(task_dir), ks=(1, 2, 3))
+    assert [r["k"] for r in rows] == [1, 2, 3]
+    splits, _ = prepare_splits(load_task(task_dir), FinetuneSettings())
+    grid = train_kmer(splits, 3, settings=KmerSettings(ks=(1, 2, 3)))["grid"]  # every (k, C) fitted on train, scored on dev
+    for r in rows:
+        best = max((g for g in grid if g["k"] == r["k"]), key=lambda g: g["dev"]["mcc"])
+        assert (r["C"], r["dev"]) == (best["C"], best["dev"]["mcc"])
