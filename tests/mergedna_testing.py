@@ -44,10 +44,10 @@ def batch_from(chr20: np.ndarray, lengths, start=0) -> torch.Tensor:
         ids[i, :length] = torch.from_numpy(chr20[s:s + length].astype(np.int64))
     return ids
 
+
 # a fine-tuning run on the splice3 fixture that a test can kill and resume: its standby masked loss switches on
 # at step 4 (two one-class dev evaluations), so the resumed part carries the auxiliary decoders' state too
 RESUMABLE_RUN = dict(preset="tiny", seed=1, max_steps=8, batch_size=4, eval_every=2, patience=None, progress=False)
-
 
 
 class Killed(Exception):

@@ -246,8 +246,6 @@ def comparable(result: dict) -> dict:
             "sequences_seen": result["sequences_seen"]}
 
 
-
-
 def test_benchmark_table_carries_each_runs_notes(tmp_path, monkeypatch):
     """A run whose recipe changed part-way (the standby masked loss switched on) or that never left the class
     prior is named under the table, not hidden in a mean."""

@@ -246,6 +246,7 @@ def build_model(task: Task, model: str | os.PathLike | None, preset: str | None,
     Call after seeding: the random parts draw from torch's global generator."""
     if (model is None) == (preset is None):
         raise ValueError("give exactly one of model (a checkpoint directory) or preset (random initialisation)")
+    saved = load_config(model) if model is not None else None  # the checkpoint's config, read once
     overrides = {"num_labels": task.num_classes, "label_names": list(task.label_names)}
     for key in ("merge_ratio", "max_length"):
         if getattr(settings, key) is not None:
@@ -258,15 +259,15 @@ def build_model(task: Task, model: str | os.PathLike | None, preset: str | None,
         if pooling in SIZED_POOLINGS and train is not None:
             overrides["pool_length"] = int(train.lengths.max())
     if settings.conv_stem is not None:
-        if model is not None and settings.conv_stem != load_config(model).conv_stem:
+        if saved is not None and settings.conv_stem != saved.conv_stem:
             raise ValueError(f"conv_stem {settings.conv_stem} asked for, but the checkpoint {model} was trained with "
-                             f"conv_stem {load_config(model).conv_stem}: the stem is part of the encoder")
+                             f"conv_stem {saved.conv_stem}: the stem is part of the encoder")
         overrides["conv_stem"] = settings.conv_stem
     if model is not None:
         # the head is always new, also on a fine-tuned model; the decoders of a pretraining checkpoint are dropped;
         # a CLS token the checkpoint lacks is new too (one it has is kept, whatever the head)
         fresh = ("classifier.",)
-        if load_config(model).cls_token:
+        if saved.cls_token:
             overrides["cls_token"] = True
         elif overrides.get("cls_token"):
             fresh += ("mergedna.cls",)
