@@ -559,3 +559,11 @@ def test_conv_stem_setting_builds_the_stem_from_random_init_and_is_refused_on_a_
     assert build(task, None, "tiny", FinetuneSettings())[0].mergedna.local_encoder.stem is None
     with pytest.raises(ValueError, match="conv_stem 9 asked for.*trained with conv_stem 0"):
         build(task, checkpoint, None, FinetuneSettings(conv_stem=9))
+
+
+@pytest.mark.parametrize("bad", [{"conv_stem": 4}, {"merge_ratio": 1.5}])
+def test_a_bad_model_override_is_refused_before_the_run_folder_is_claimed(tmp_path, bad):
+    """Otherwise the corrected command meets a folder that "already holds a finetune run"."""
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        finetune(SPLICE3, tmp_path / "out", preset="tiny", max_steps=1, batch_size=4, progress=False, **bad)
+    assert not (tmp_path / "out").exists()

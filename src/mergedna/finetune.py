@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .config import POOLINGS, preset as preset_config
+from .config import POOLINGS, MergeDNAConfig, preset as preset_config
 from .data.task_batching import LENGTH_POLICIES, average_chunk_logits, make_dataloader
 from .data.tasks import LabelledSplit, Task, load_task, make_split
 from .heads import HEAD_LR_RULES, SIZED_POOLINGS, MergeDNAForSequenceClassification, SequencePooler
@@ -143,6 +143,9 @@ class FinetuneSettings:
             raise ValueError(f"dev_fraction must be in (0, 0.5), got {self.dev_fraction}")
         if self.max_time is not None and self.max_time <= 0:
             raise ValueError(f"max_time must be > 0 seconds, got {self.max_time}")
+        # the model-config overrides, checked by the config itself now, before a run folder is claimed
+        MergeDNAConfig(**{k: getattr(self, k) for k in ("merge_ratio", "max_length", "conv_stem")
+                          if getattr(self, k) is not None})
         if self.precision == "auto":  # -> what runs on the CPU, so results record it (finetune redoes it for a GPU)
             self.precision = resolve(self.precision)
 
