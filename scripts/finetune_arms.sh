@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Issue 14: why does GUE mouse/0 resist MergeDNA from scratch? `tiny` (a cheap stand-in for `small`, which
-# showed the same signature on a GPU: results/finetune_small_scratch_gpu), 2,000 steps, the auxiliary masked
-# loss from step 0, dev every 200 steps, no early stopping, best-on-dev weights tested once; one arm changes
-# one thing against the default:
+# Issue 14: one-change arms of `tiny` from scratch on one GUE task (first: why does mouse/0 resist MergeDNA
+# from scratch? `tiny` is a cheap stand-in for `small`, which showed the same signature on a GPU:
+# results/finetune_small_scratch_gpu). 2,000 steps, the auxiliary masked loss from step 0, dev every 200
+# steps, no early stopping, best-on-dev weights tested once; one arm changes one thing against the default:
 #   default   the fine-tuning defaults (mean_flatten head, lr 1e-3, merge ratio 0.5)
 #   nomerge   --merge-ratio 1.0: every base its own token (is the merging at random init what blocks it?)
 #   mean      --pooling mean: the paper's head (composition, which the k-mer model lives on, without flatten)
@@ -10,14 +10,16 @@
 #   max       --pooling max: each feature's largest value over tokens (a motif detector; not run by default)
 #   conv9     --conv-stem 9: a width-9 depthwise convolution over the base embeddings (not run by default)
 #   conv9_mean, conv9_max   the stem with the mean or the max head (not run by default)
-#   usage: bash scripts/mouse_0_arms.sh [DATA_DIR] [ARM ...]     (default: all four; seed 0)
-#   env: OUT (results/mouse_0_arms), SEED (0), STEPS (2000)
+#   usage: bash scripts/finetune_arms.sh [DATA_DIR] [ARM ...]     (default: all four; seed 0)
+#   env: TASK (mouse/0, a GUE task), OUT (results/mouse_0_arms), SEED (0), STEPS (2000), EVERY (200),
+#        PRECISION (fp32)
 # Finished runs (metrics.json present) are kept; the table (results.md) is rebuilt at the end (scripts/summarise_runs.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA="${1:-../shared/data}"
 shift $(( $# < 1 ? $# : 1 ))
 if [ $# -gt 0 ]; then ARMS=("$@"); else ARMS=(default nomerge mean lr3e-4); fi
+TASK="${TASK:-mouse/0}"
 OUT="${OUT:-results/mouse_0_arms}"
 SEED="${SEED:-0}"
 PY="${PYTHON:-$PWD/.venv/bin/python}"
@@ -34,11 +36,12 @@ for arm in "${ARMS[@]}"; do
     conv9_max) extra=(--conv-stem 9 --pooling max) ;;
     *) echo "unknown arm $arm" >&2; exit 2 ;;
   esac
-  dir="$OUT/runs/mouse/0/$arm/seed$SEED"
+  dir="$OUT/runs/$TASK/$arm/seed$SEED"
   [ -f "$dir/metrics.json" ] && continue
   resume=(); [ -f "$dir/finetune_state.pt" ] && resume=(--resume)
-  "$PY" -m mergedna.cli finetune --task "$DATA/gue/mouse/0" --preset tiny --out "$dir" --seed "$SEED" \
-      --max-steps "${STEPS:-2000}" --eval-every 200 --patience 0 --mlm-weight 1 --precision fp32 --no-progress \
+  "$PY" -m mergedna.cli finetune --task "$DATA/gue/$TASK" --preset tiny --out "$dir" --seed "$SEED" \
+      --max-steps "${STEPS:-2000}" --eval-every "${EVERY:-200}" --patience 0 --mlm-weight 1 \
+      --precision "${PRECISION:-fp32}" --no-progress \
       "${extra[@]}" "${resume[@]}"
 done
 "$PY" scripts/summarise_runs.py "$OUT" > "$OUT/results.md"
