@@ -254,6 +254,33 @@ def test_small_forward_backward_on_real_chr20_windows_in_the_default_precision(t
     assert torch.isfinite(out.loss) and all(torch.isfinite(p.grad).all() for p in model.parameters())
 
 
+def test_explicit_full_attention_matches_sdpa():
+    """The matmul form of full attention (chosen for short sequences on a CPU) equals SDPA, values and
+    gradients, with padded keys and without; and the dispatch picks it only where it was measured to pay."""
+    from mergedna.attention import EXPLICIT_MAX_TOKENS, explicit_pays, full_attention
+
+    g = torch.Generator().manual_seed(0)
+    B, H, n, hd = 2, 2, 23, 8
+    mask = torch.arange(n)[None, :] < torch.tensor([23, 9])[:, None]
+    for bias in (None, key_bias(mask, torch.randint(1, 4, (B, n), generator=g).float())):
+        outs, grads = [], []
+        for explicit in (False, True):
+            qkv = [torch.randn(B, H, n, hd, generator=torch.Generator().manual_seed(i)).requires_grad_()
+                   for i in range(3)]
+            out = full_attention(*qkv, bias, explicit=explicit)
+            (out * torch.linspace(-1, 1, hd)).sum().backward()
+            outs.append(out)
+            grads.append([t.grad for t in qkv])
+        assert torch.allclose(outs[0], outs[1], atol=1e-5)
+        assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(*grads))
+    short = torch.zeros(1, 1, EXPLICIT_MAX_TOKENS[torch.bfloat16], 8, dtype=torch.bfloat16, requires_grad=True)
+    longer = torch.zeros(1, 1, short.shape[2] + 1, 8, dtype=torch.bfloat16, requires_grad=True)
+    assert explicit_pays(short) and not explicit_pays(longer)
+    with torch.no_grad():  # inference: SDPA's forward is the faster one
+        assert not explicit_pays(short)
+    assert not explicit_pays(torch.zeros(1, 1, 300, 8, requires_grad=True))
+
+
 def test_local_attention_matches_sdpa_with_a_window_mask():
     """The explicit windowed attention (chosen for CPU speed) equals SDPA over the full sequence with
     a block-diagonal mask, padding keys masked (padding queries are not compared)."""

@@ -4,7 +4,9 @@ One block type serves all four modules. Attention has two forms, both on heads-f
 (B, H, n, hd) tensors:
 
 * full: every token sees every real token of its sequence (Latent Encoder / Decoder), on
-  ``torch.nn.functional.scaled_dot_product_attention`` (unmasked when there is no padding);
+  ``torch.nn.functional.scaled_dot_product_attention`` (unmasked when there is no padding), except
+  for short sequences on a CPU (see :func:`explicit_pays`), where the same softmax attention written
+  as two batched matmuls is 3-6x faster in training;
 * local: non-overlapping windows of ``w`` tokens (Local Encoder over current tokens,
   Local Decoder over bases), as explicit batched matmuls over the windows. Cost is O(n·w),
   never O(n²); the last window is padded.
@@ -80,11 +82,40 @@ class Attention(nn.Module):
         q, k = apply_rotary(qkv[:2], cos, sin).unbind(0)  # q and k rotated together, contiguous (B, H, n, hd)
         v = qkv[2].contiguous()
         if window is None:
-            mask = None if bias is None else bias.to(q.dtype)[:, None, None, :]  # (B, 1, 1, n)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, n, hd)
+            out = full_attention(q, k, v, bias)
         else:
             out = _local_attention(q, k, v, bias, window)
         return self.proj(out.transpose(1, 2).reshape(B, n, D))
+
+
+# Longest sequence (tokens) for which explicit attention beats SDPA in training (forward + backward) on
+# a CPU, one thread, batch 32, 4 heads of 64 (Xeon with AMX, torch 2.13; benchmarks/bench_attention.py,
+# results/finetune_speed/xeon_amx/attention_cpu.md): in bf16 explicit is 2.3-6x faster up to 150 tokens,
+# level at 200, 0.4x at 300; in fp32 it is 1.1x faster up to 100 tokens, 0.9x at 150. Without a gradient
+# SDPA's forward is as fast or faster from 50 tokens, so inference always takes SDPA.
+EXPLICIT_MAX_TOKENS = {torch.bfloat16: 160, torch.float32: 100}
+
+
+def explicit_pays(q: torch.Tensor) -> bool:
+    """Whether :func:`full_attention` should use explicit matmuls rather than SDPA for ``q`` (B, H, n, hd):
+    on a CPU, when a backward pass will follow, for short sequences."""
+    return (q.device.type == "cpu" and q.requires_grad and torch.is_grad_enabled()
+            and q.shape[-2] <= EXPLICIT_MAX_TOKENS.get(q.dtype, 0))
+
+
+def full_attention(q, k, v, bias, explicit: bool | None = None) -> torch.Tensor:
+    """Softmax attention of every query over every key. q/k/v (B, H, n, hd) -> (B, H, n, hd); bias (B, n)
+    additive key bias or None. ``explicit``: force the matmul form (True) or SDPA (False); default
+    :func:`explicit_pays`. Both compute the same function (tests/test_model.py)."""
+    if explicit is None:
+        explicit = explicit_pays(q)
+    if not explicit:
+        mask = None if bias is None else bias.to(q.dtype)[:, None, None, :]  # (B, 1, 1, n)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    scores = q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5  # (B, H, n, n)
+    if bias is not None:
+        scores = scores + bias[:, None, None, :]
+    return scores.softmax(-1, dtype=torch.float32).to(v.dtype) @ v  # softmax in float32, as SDPA's kernels
 
 
 def _local_attention(q, k, v, bias, w: int) -> torch.Tensor:
