@@ -10,6 +10,7 @@
 #   max       --pooling max: each feature's largest value over tokens (a motif detector; not run by default)
 #   conv9     --conv-stem 9: a width-9 depthwise convolution over the base embeddings (not run by default)
 #   conv9_mean, conv9_max   the stem with the mean or the max head (not run by default)
+#   drop0.1   --dropout 0.1: residual dropout in every block (the encoder has none by default; not run by default)
 #   usage: bash scripts/finetune_arms.sh [DATA_DIR] [ARM ...]     (default: all four; seed 0)
 #   env: TASK (mouse/0, a GUE task), OUT (results/mouse_0_arms), SEED (0), STEPS (2000), EVERY (200),
 #        PRECISION (fp32)
@@ -34,6 +35,7 @@ for arm in "${ARMS[@]}"; do
     conv9) extra=(--conv-stem 9) ;;
     conv9_mean) extra=(--conv-stem 9 --pooling mean) ;;
     conv9_max) extra=(--conv-stem 9 --pooling max) ;;
+    drop0.1) extra=(--dropout 0.1) ;;
     *) echo "unknown arm $arm" >&2; exit 2 ;;
   esac
   dir="$OUT/runs/$TASK/$arm/seed$SEED"

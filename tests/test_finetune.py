@@ -561,7 +561,14 @@ def test_conv_stem_setting_builds_the_stem_from_random_init_and_is_refused_on_a_
         build(task, checkpoint, None, FinetuneSettings(conv_stem=9))
 
 
-@pytest.mark.parametrize("bad", [{"conv_stem": 4}, {"merge_ratio": 1.5}])
+def test_dropout_setting_reaches_the_model_from_random_init_and_from_a_checkpoint(checkpoint):
+    task, build = finetune_mod.load_task(SPLICE3, "gue"), finetune_mod.build_model
+    assert build(task, None, "tiny", FinetuneSettings(dropout=0.2))[0].config.dropout == 0.2
+    assert build(task, checkpoint, None, FinetuneSettings(dropout=0.2))[0].config.dropout == 0.2
+    assert build(task, checkpoint, None, FinetuneSettings())[0].config.dropout == 0.0
+
+
+@pytest.mark.parametrize("bad", [{"conv_stem": 4}, {"merge_ratio": 1.5}, {"dropout": 1.0}])
 def test_a_bad_model_override_is_refused_before_the_run_folder_is_claimed(tmp_path, bad):
     """Otherwise the corrected command meets a folder that "already holds a finetune run"."""
     with pytest.raises(ValueError, match=next(iter(bad))):

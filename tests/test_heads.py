@@ -136,3 +136,18 @@ def test_pooling_settings_survive_save_and_load(tmp_path, chr20):
     ids = batch_from(chr20, [70])
     with torch.no_grad():
         torch.testing.assert_close(model(ids).logits, again(ids).logits)
+
+
+def test_dropout_acts_in_training_only_and_holds_no_weights(chr20):
+    """config.dropout > 0: two training-mode passes differ (each block's branches are dropped at random), an
+    evaluation pass equals the same weights without dropout, and the state dict is the same as without it."""
+    ids = batch_from(chr20, [80, 60])
+    plain, dropped = classifier("mean", classifier_dropout=0.0), classifier("mean", dropout=0.3, classifier_dropout=0.0)
+    assert plain.state_dict().keys() == dropped.state_dict().keys()
+    dropped.load_state_dict(plain.state_dict())
+    assert torch.allclose(dropped(ids).logits, plain(ids).logits)
+    plain.train(), dropped.train()
+    assert torch.allclose(plain(ids).logits, plain(ids).logits)  # nothing else random in a training pass
+    assert not torch.allclose(dropped(ids).logits, dropped(ids).logits)
+    with pytest.raises(ValueError, match="dropout"):
+        preset("tiny", dropout=1.0)

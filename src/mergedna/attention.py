@@ -146,7 +146,8 @@ def _local_attention(q, k, v, bias, w: int) -> torch.Tensor:
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: x + Attn(RMSNorm(x)), then x + SwiGLU(RMSNorm(x))."""
+    """Pre-norm transformer block: x + Attn(RMSNorm(x)), then x + SwiGLU(RMSNorm(x)); with config.dropout > 0
+    each branch passes through dropout before it is added."""
 
     def __init__(self, cfg: MergeDNAConfig):
         super().__init__()
@@ -154,7 +155,8 @@ class Block(nn.Module):
         self.attn = Attention(cfg)
         self.ffn_norm = nn.RMSNorm(cfg.hidden_size, eps=cfg.norm_eps)
         self.ffn = SwiGLU(cfg.hidden_size, cfg.ffn_size)
+        self.drop = nn.Dropout(cfg.dropout) if cfg.dropout else nn.Identity()  # residual dropout (config.dropout)
 
     def forward(self, x, cos, sin, bias, window: int | None = None) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), cos, sin, bias, window)
-        return x + self.ffn(self.ffn_norm(x))
+        x = x + self.drop(self.attn(self.attn_norm(x), cos, sin, bias, window))
+        return x + self.drop(self.ffn(self.ffn_norm(x)))

@@ -43,6 +43,9 @@ class MergeDNAConfig:
     latent_decoder_layers: int = 2  # ω: full attention, pretraining only
     local_decoder_layers: int = 2  # ζ: local attention over bases
     window_size: int = 16  # w, local attention window (tokens in φ, bases in ζ)
+    dropout: float = 0.0  # residual dropout: on each block's attention and SwiGLU output before it is added to
+    #                       the stream (training only; not in the paper, whose encoder has none); fine-tuning
+    #                       can set it on any model (it holds no weights)
     conv_stem: int = 0  # > 0 (odd): a depthwise convolution of this width over the base embeddings, added to
     #                     them before φ's first block, so each base starts from its ordered neighbourhood
     #                     (not in the paper; docs/method.md, "Convolution stem"); 0 = the paper's plain embedding
@@ -86,6 +89,8 @@ class MergeDNAConfig:
             raise ValueError(f"tokenizer must be one of {TOKENIZERS}, got {self.tokenizer!r}")
         if self.window_size < 2 or self.window_size % 2:
             raise ValueError(f"window_size must be an even number >= 2, got {self.window_size}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.conv_stem < 0 or (self.conv_stem and self.conv_stem % 2 == 0):
             raise ValueError(f"conv_stem must be 0 (off) or an odd width, got {self.conv_stem}")
         if self.pooling not in POOLINGS:

@@ -93,6 +93,8 @@ def add_training_arguments(p: argparse.ArgumentParser, source_required: bool = T
       choices=LENGTH_POLICIES)
     a("--max-length", "override the model's max_length", type=int)
     add_merge_ratio(p)
+    a("--dropout", "residual dropout in every transformer block during training (None: the model's; 0 for the "
+                   "presets and the paper's model); holds no weights, so it can be set on a checkpoint", type=float)
     a("--conv-stem", "from random init: a depthwise convolution of this odd width over the base embeddings before "
                      "the first block (0 = off, the paper's model; docs/method.md)", type=int)
     a("--pooling", "sequence head: mean (the paper's), max (each feature's largest value over tokens), cls (a CLS token that never merges), attention (with "
