@@ -5,8 +5,8 @@ One block type serves all four modules. Attention has two forms, both on heads-f
 
 * full: every token sees every real token of its sequence (Latent Encoder / Decoder), on
   ``torch.nn.functional.scaled_dot_product_attention`` (unmasked when there is no padding), except
-  for short sequences on a CPU (see :func:`explicit_pays`), where the same softmax attention written
-  as two batched matmuls is 3-6x faster in training;
+  for short bf16 sequences on a CPU (see :func:`explicit_pays`), where the same softmax attention
+  written as two batched matmuls is 2-10x faster in training;
 * local: non-overlapping windows of ``w`` tokens (Local Encoder over current tokens,
   Local Decoder over bases), as explicit batched matmuls over the windows. Cost is O(n·w),
   never O(n²); the last window is padded.
@@ -90,10 +90,11 @@ class Attention(nn.Module):
 
 # Longest sequence (tokens) for which explicit attention beats SDPA in training (forward + backward) on
 # a CPU, one thread, batch 32, 4 heads of 64 (Xeon with AMX, torch 2.13; benchmarks/bench_attention.py,
-# results/finetune_speed/xeon_amx/attention_cpu.md): in bf16 explicit is 2.3-6x faster up to 150 tokens,
-# level at 200, 0.4x at 300; in fp32 it is 1.1x faster up to 100 tokens, 0.9x at 150. Without a gradient
-# SDPA's forward is as fast or faster from 50 tokens, so inference always takes SDPA.
-EXPLICIT_MAX_TOKENS = {torch.bfloat16: 160, torch.float32: 100}
+# results/finetune_speed/xeon_amx/attention_cpu.md): in bf16 explicit is 1.6-10x faster up to 150 tokens,
+# 0.7x at 200, 0.4x at 300 (three runs). In fp32 the two were level up to 100 tokens (0.7-1.5x across
+# three runs), so fp32 keeps SDPA. Without a gradient SDPA's forward is as fast or faster from 50 tokens, so
+# inference always takes SDPA.
+EXPLICIT_MAX_TOKENS = {torch.bfloat16: 160}
 
 
 def explicit_pays(q: torch.Tensor) -> bool:
