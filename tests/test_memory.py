@@ -42,6 +42,21 @@ def test_step_estimate_matches_saved_tensors(chr20, checkpointing, one_thread):
     assert 0.9 < predicted / measured < 1.15, (predicted, measured)
 
 
+def test_bf16_step_estimate_counts_explicit_attention_on_a_cpu(chr20, one_thread):
+    """At 256 bases (128 tokens) bf16 training on a CPU runs full attention as explicit matmuls, which keep
+    their n x n probabilities; the estimate counts them there (and only there: on a GPU SDPA keeps none)."""
+    cfg = preset("tiny")
+    torch.manual_seed(0)
+    model = MergeDNAForPretraining(cfg)
+    objective = MergeDNAPretrainer(model, ObjectiveConfig(ratio_std=0.0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        measured, _ = memory.saved_bytes(lambda: objective(batch_from(chr20, [256, 256]), step_generator(0, 0)),
+                                         exclude=model.parameters())
+    predicted = memory.activation_bytes(cfg, 256, 2, bf16=True, cpu=True)
+    assert 0.85 < predicted / measured < 1.15, (predicted, measured)
+    assert memory.activation_bytes(cfg, 256, 2, bf16=True, cpu=False) < 0.8 * predicted
+
+
 def test_checkpointing_decision():
     paper = preset("paper")
     est80 = memory.estimate(paper, 4096, 8, True, torch.device("cpu"), memory=80 * GiB)

@@ -8,6 +8,9 @@ SiLU and product), with D the width, F the SwiGLU width::
     bf16 autocast   30·D + 8·F bytes        (residual stream fp32, matmul inputs and outputs bf16)
     fp32            45·D + 16·F bytes
     local attention + H·w·6 (bf16) or H·w·4 (fp32): the per-window softmax probabilities
+    full attention  + H·n·6 where it runs as explicit matmuls (bf16 training on a CPU, n tokens at most
+                    ``attention.EXPLICIT_MAX_TOKENS``: the float32 probabilities and their bf16 copy); SDPA
+                    saves only its output and a log-sum-exp per row
 
 The constants were read off ``torch.autograd.graph.saved_tensors_hooks`` on one block
 (``saved_bytes`` below; tests/test_memory.py checks them at two widths and checks the whole
@@ -41,6 +44,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import flops
+from ..attention import EXPLICIT_MAX_TOKENS
 from ..config import MergeDNAConfig
 
 MEMORY_FRACTION = 0.85  # of device memory; the rest: allocator fragmentation, temporaries, CUDA context
@@ -115,9 +119,13 @@ def _passes(cfg: MergeDNAConfig, N: int, ratio: float, lambda_latent: float, mas
 
 def activation_bytes(cfg: MergeDNAConfig, N: int, batch: int, bf16: bool, checkpointing: bool = False,
                      ratio: float = 0.5, lambda_latent: float = 0.25, masking: str = "amtm",
-                     objective: str = "mergedna") -> int:
-    """Estimated bytes saved for backward by one pretraining micro-batch of ``batch`` windows of N bases."""
+                     objective: str = "mergedna", cpu: bool = False) -> int:
+    """Estimated bytes saved for backward by one pretraining micro-batch of ``batch`` windows of N bases;
+    ``cpu``: the step runs on a CPU (short full-attention blocks then take the explicit form)."""
     blocks, heads, merged = _passes(cfg, N, ratio, lambda_latent, masking, objective)
+    if cpu and bf16:  # explicit attention keeps its n x n probabilities, like a window of n
+        limit = EXPLICIT_MAX_TOKENS.get(torch.bfloat16, 0)
+        blocks = [(n, n if w is None and n <= limit else w) for n, w in blocks]
     D = cfg.hidden_size
     head = sum(6 * D * (n + l) for n, l in heads) + MERGE_BYTES * D * merged
     if checkpointing:
@@ -157,7 +165,8 @@ def estimate(cfg: MergeDNAConfig, N: int, batch: int, bf16: bool, device: torch.
              objective: str = "mergedna", memory: int | None = None) -> MemoryEstimate:
     """The estimate for one rank; ``shards`` > 1 divides model state (FSDP); ``memory`` overrides the
     device's memory (bytes)."""
-    kw = dict(ratio=ratio, lambda_latent=lambda_latent, masking=masking, objective=objective)
+    kw = dict(ratio=ratio, lambda_latent=lambda_latent, masking=masking, objective=objective,
+              cpu=torch.device(device).type == "cpu")
     return MemoryEstimate(activations=activation_bytes(cfg, N, batch, bf16, False, **kw),
                           activations_checkpointed=activation_bytes(cfg, N, batch, bf16, True, **kw),
                           model_state=16 * _n_params(cfg) // max(1, shards),
