@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from mergedna.attention import explicit_pays, full_attention
+from mergedna.attention import explicit_in_training, full_attention
 from mergedna.provenance import run_metadata, write_text_atomic
 
 
@@ -57,9 +57,7 @@ def main(argv=None) -> None:
                 if r:
                     times[explicit].append(t)
         sdpa, expl = (statistics.median(times[e]) * 1e3 for e in (False, True))
-        probe = torch.zeros(1, 1, n, 1, dtype=dtype, requires_grad=train)
-        with torch.set_grad_enabled(train):
-            chosen = "explicit" if explicit_pays(probe) else "SDPA"
+        chosen = "explicit" if train and explicit_in_training(n, dtype, "cpu") else "SDPA"
         rows.append(f"| {'training' if train else 'inference'} | {str(dtype).removeprefix('torch.')} | {n} | "
                     f"{sdpa:.2f} | {expl:.2f} | {sdpa / expl:.2f} | {chosen} |")
         print(rows[-1], flush=True)

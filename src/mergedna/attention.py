@@ -97,11 +97,26 @@ class Attention(nn.Module):
 EXPLICIT_MAX_TOKENS = {torch.bfloat16: 160}
 
 
+def explicit_in_training(n: int, dtype: torch.dtype, device_type: str) -> bool:
+    """Whether full attention over ``n`` tokens in ``dtype`` on ``device_type`` takes the explicit form when a
+    backward pass follows (the one rule: :func:`explicit_pays` and the memory estimate both ask it)."""
+    return device_type == "cpu" and n <= EXPLICIT_MAX_TOKENS.get(dtype, 0)
+
+
 def explicit_pays(q: torch.Tensor) -> bool:
     """Whether :func:`full_attention` should use explicit matmuls rather than SDPA for ``q`` (B, H, n, hd):
     on a CPU, when a backward pass will follow, for short sequences."""
-    return (q.device.type == "cpu" and q.requires_grad and torch.is_grad_enabled()
-            and q.shape[-2] <= EXPLICIT_MAX_TOKENS.get(q.dtype, 0))
+    return (q.requires_grad and torch.is_grad_enabled()
+            and explicit_in_training(q.shape[-2], q.dtype, q.device.type))
+
+
+def _softmax_attention(q, k, v, bias) -> torch.Tensor:
+    """softmax(q kᵀ / √hd + bias) v as batched matmuls, the softmax in float32 (as SDPA's kernels);
+    ``bias`` broadcasts to the scores, or None. Full attention's explicit form and each local window."""
+    scores = q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5
+    if bias is not None:
+        scores = scores + bias
+    return scores.softmax(-1, dtype=torch.float32).to(v.dtype) @ v
 
 
 def full_attention(q, k, v, bias, explicit: bool | None = None) -> torch.Tensor:
@@ -113,10 +128,7 @@ def full_attention(q, k, v, bias, explicit: bool | None = None) -> torch.Tensor:
     if not explicit:
         mask = None if bias is None else bias.to(q.dtype)[:, None, None, :]  # (B, 1, 1, n)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    scores = q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5  # (B, H, n, n)
-    if bias is not None:
-        scores = scores + bias[:, None, None, :]
-    return scores.softmax(-1, dtype=torch.float32).to(v.dtype) @ v  # softmax in float32, as SDPA's kernels
+    return _softmax_attention(q, k, v, None if bias is None else bias[:, None, None, :])  # scores (B, H, n, n)
 
 
 def _local_attention(q, k, v, bias, w: int) -> torch.Tensor:
@@ -141,8 +153,7 @@ def _local_attention(q, k, v, bias, w: int) -> torch.Tensor:
     wbias = torch.where(eye, wbias.clamp_min(0.0), wbias)
     # Explicit softmax attention: for 16×16 windows it is ~10x faster than SDPA's CPU kernels in
     # the backward pass (measured in benchmarks/bench_model.py), and memory is O(n·w) either way.
-    scores = windows(q) @ windows(k).transpose(-1, -2) * hd**-0.5 + wbias  # (B, H, nw, w, w)
-    out = scores.softmax(-1).to(v.dtype) @ windows(v)  # (B, H, nw, w, hd)
+    out = _softmax_attention(windows(q), windows(k), windows(v), wbias)  # scores (B, H, nw, w, w)
     return out.view(B, H, nw * w, hd)[:, :, :n]
 
 

@@ -8,8 +8,8 @@ SiLU and product), with D the width, F the SwiGLU width::
     bf16 autocast   30·D + 8·F bytes        (residual stream fp32, matmul inputs and outputs bf16)
     fp32            45·D + 16·F bytes
     local attention + H·w·6 (bf16) or H·w·4 (fp32): the per-window softmax probabilities
-    full attention  + H·n·6 where it runs as explicit matmuls (bf16 training on a CPU, n tokens at most
-                    ``attention.EXPLICIT_MAX_TOKENS``: the float32 probabilities and their bf16 copy); SDPA
+    full attention  + H·n·6 where it runs as explicit matmuls (``attention.explicit_in_training``: bf16
+                    training on a CPU, short sequences): the float32 probabilities and their bf16 copy; SDPA
                     saves only its output and a log-sum-exp per row
 
 The constants were read off ``torch.autograd.graph.saved_tensors_hooks`` on one block
@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import flops
-from ..attention import EXPLICIT_MAX_TOKENS
+from ..attention import explicit_in_training
 from ..config import MergeDNAConfig
 
 MEMORY_FRACTION = 0.85  # of device memory; the rest: allocator fragmentation, temporaries, CUDA context
@@ -123,9 +123,9 @@ def activation_bytes(cfg: MergeDNAConfig, N: int, batch: int, bf16: bool, checkp
     """Estimated bytes saved for backward by one pretraining micro-batch of ``batch`` windows of N bases;
     ``cpu``: the step runs on a CPU (short full-attention blocks then take the explicit form)."""
     blocks, heads, merged = _passes(cfg, N, ratio, lambda_latent, masking, objective)
-    if cpu and bf16:  # explicit attention keeps its n x n probabilities, like a window of n
-        limit = EXPLICIT_MAX_TOKENS.get(torch.bfloat16, 0)
-        blocks = [(n, n if w is None and n <= limit else w) for n, w in blocks]
+    # explicit full attention keeps its n x n probabilities, like a window of n
+    dtype, device_type = torch.bfloat16 if bf16 else torch.float32, "cpu" if cpu else "cuda"
+    blocks = [(n, n if w is None and explicit_in_training(n, dtype, device_type) else w) for n, w in blocks]
     D = cfg.hidden_size
     head = sum(6 * D * (n + l) for n, l in heads) + MERGE_BYTES * D * merged
     if checkpointing:
