@@ -11,9 +11,10 @@
 #   conv9     --conv-stem 9: a width-9 depthwise convolution over the base embeddings (not run by default)
 #   conv9_mean, conv9_max   the stem with the mean or the max head (not run by default)
 #   drop0.1   --dropout 0.1: residual dropout in every block (the encoder has none by default; not run by default)
+#   ema0.99   --ema 0.99: dev sees, selection keeps and test gets a moving average of the weights (not run by default)
 #   usage: bash scripts/finetune_arms.sh [DATA_DIR] [ARM ...]     (default: all four; seed 0)
 #   env: TASK (mouse/0, a GUE task), OUT (results/mouse_0_arms), SEED (0), STEPS (2000), EVERY (200),
-#        PRECISION (fp32)
+#        PRECISION (fp32), PRESET (tiny)
 # Finished runs (metrics.json present) are kept; the table (results.md) is rebuilt at the end (scripts/summarise_runs.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,12 +37,13 @@ for arm in "${ARMS[@]}"; do
     conv9_mean) extra=(--conv-stem 9 --pooling mean) ;;
     conv9_max) extra=(--conv-stem 9 --pooling max) ;;
     drop0.1) extra=(--dropout 0.1) ;;
+    ema0.99) extra=(--ema 0.99) ;;
     *) echo "unknown arm $arm" >&2; exit 2 ;;
   esac
   dir="$OUT/runs/$TASK/$arm/seed$SEED"
   [ -f "$dir/metrics.json" ] && continue
   resume=(); [ -f "$dir/finetune_state.pt" ] && resume=(--resume)
-  "$PY" -m mergedna.cli finetune --task "$DATA/gue/$TASK" --preset tiny --out "$dir" --seed "$SEED" \
+  "$PY" -m mergedna.cli finetune --task "$DATA/gue/$TASK" --preset "${PRESET:-tiny}" --out "$dir" --seed "$SEED" \
       --max-steps "${STEPS:-2000}" --eval-every "${EVERY:-200}" --patience 0 --mlm-weight 1 \
       --precision "${PRECISION:-fp32}" --no-progress \
       "${extra[@]}" "${resume[@]}"

@@ -33,6 +33,7 @@ multiclass: one-vs-rest macro; ``None`` when undefined, e.g. one class only).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -108,6 +109,8 @@ class FinetuneSettings:
     patience: int | None = 3
     select_metric: str = "mcc"
     clip: float = 1.0
+    ema: float = 0.0  # > 0: evaluate, select and keep an exponential moving average of the weights with this decay
+    #                   (warmed up as min(ema, (1 + step) / (10 + step))); 0 = off, the raw weights
     mlm_weight: float = 0.0  # > 0: add this × a masked-modelling loss on each training batch's own sequences
     mlm_on_collapse: float = 1.0  # > 0 (with mlm_weight 0): COLLAPSE_EVALS dev evaluations in a row predicting one
     #                               class switch that loss on at this weight
@@ -140,6 +143,8 @@ class FinetuneSettings:
         for name in ("mlm_weight", "mlm_on_collapse"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.ema < 1:
+            raise ValueError(f"ema must be in [0, 1) (a decay such as 0.99; 0 = off), got {self.ema}")
         if not 0 < self.dev_fraction < 0.5:
             raise ValueError(f"dev_fraction must be in (0, 0.5), got {self.dev_fraction}")
         if self.max_time is not None and self.max_time <= 0:
@@ -332,6 +337,7 @@ class FitProgress:
     curve: list = dataclasses.field(default_factory=list)  # one row per dev evaluation
     best: tuple | None = None  # (step, score, dev metrics) of the best dev evaluation so far
     best_state: list | None = None  # the trainable tensors at that evaluation
+    ema_state: list | None = None  # with settings.ema: the moving average of the trainable tensors
     bad: int = 0  # evaluations since the best, not counting those at the class prior
     at_prior: int = 0  # dev evaluations in a row that predicted a single class
     aux_weight: float = 0.0  # the auxiliary masked loss's weight now (0: off or standing by)
@@ -363,6 +369,30 @@ class FitProgress:
         if standby and self.aux_weight == 0 and self.at_prior >= COLLAPSE_EVALS:
             self.aux_weight, self.switched_at = settings.mlm_on_collapse, self.step  # stuck: give it a signal
         return improved
+
+
+def ema_update(average: list, params: list, decay: float, step: int) -> None:
+    """Move ``average`` (tensors) towards ``params`` after optimizer step ``step`` (1, 2, ...): the decay is warmed
+    up as ``min(decay, (1 + step) / (10 + step))``, so early averages are not held back by the initial weights."""
+    rate = 1 - min(decay, (1 + step) / (10 + step))
+    torch._foreach_lerp_(average, [p.detach() for p in params], rate)
+
+
+@contextlib.contextmanager
+def holding(params: list, values: list | None):
+    """Within the block ``params`` hold ``values`` (e.g. their moving average); their own values come back after.
+    ``values`` None: nothing changes."""
+    if values is None:
+        yield
+        return
+    with torch.no_grad():
+        kept = [p.detach().clone() for p in params]
+        torch._foreach_copy_([p.data for p in params], values)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            torch._foreach_copy_([p.data for p in params], kept)
 
 
 def fit(model, train_loader, evaluate_dev, settings: FinetuneSettings, progress: bool = True,
@@ -419,6 +449,10 @@ def fit(model, train_loader, evaluate_dev, settings: FinetuneSettings, progress:
         if saved.get("cuda_rng") is not None and device.type == "cuda":
             torch.cuda.set_rng_state_all(saved["cuda_rng"])
         resumed = {"resumed_at_step": run.step, "resumed_seconds": round(run.train_seconds + run.eval_seconds, 2)}
+    params = [p for _, p in trainable]
+    if settings.ema and run.ema_state is None:
+        run.ema_state = [p.detach().clone() for p in params]
+    averaged = run.ema_state if settings.ema else None  # a state saved with --ema, resumed without it: raw weights
     losses, aux_losses, tick = [], [], time.perf_counter()
     bar = tqdm(total=total, initial=run.step, desc="fine-tune", disable=not progress, dynamic_ncols=True)
     model.train()
@@ -447,6 +481,8 @@ def fit(model, train_loader, evaluate_dev, settings: FinetuneSettings, progress:
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             run.step += 1
+            if averaged is not None:
+                ema_update(averaged, params, settings.ema, run.step)
             losses.append(task_loss.item())  # the task's loss; the auxiliary one is logged apart
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
@@ -454,13 +490,14 @@ def fit(model, train_loader, evaluate_dev, settings: FinetuneSettings, progress:
             if run.step % eval_every == 0 or run.step == total or run.out_of_time:
                 now = time.perf_counter()
                 run.train_seconds += now - tick
-                dev = {k: v for k, v in evaluate_dev(model).items() if k != "probs"}
-                tick = time.perf_counter()
-                run.eval_seconds += tick - now
-                if run.record(dev, losses, aux_losses, steps_per_epoch, settings, trainable, aux is not None,
-                              scheduler.get_last_lr()[0]) \
-                        and on_best is not None:
-                    on_best(model, run.step, dev)
+                with holding(params, averaged):  # with --ema, dev sees (and best keeps) the average
+                    dev = {k: v for k, v in evaluate_dev(model).items() if k != "probs"}
+                    tick = time.perf_counter()
+                    run.eval_seconds += tick - now
+                    if run.record(dev, losses, aux_losses, steps_per_epoch, settings, trainable, aux is not None,
+                                  scheduler.get_last_lr()[0]) \
+                            and on_best is not None:
+                        on_best(model, run.step, dev)
                 losses, aux_losses = [], []
                 shown = dev[settings.select_metric]
                 bar.set_postfix(loss=f"{run.curve[-1]['train_loss']:.4f}",

@@ -78,6 +78,9 @@ def add_training_arguments(p: argparse.ArgumentParser, source_required: bool = T
     a("--patience", "stop after this many dev evaluations without improvement (0 = never stop early)", type=int)
     a("--select-metric", "dev metric for selection", choices=METRICS)
     a("--clip", "gradient-norm clip (0 = off)", type=float)
+    a("--ema", "evaluate on dev, select and keep an exponential moving average of the weights with this decay "
+               "(e.g. 0.99: about the last 100 steps; warmed up over the first steps); 0 = off, the raw weights",
+      type=float)
     a("--mlm-weight", "add this x a masked-modelling loss on each training batch's own sequences (decoders "
                       "trained alongside, not saved): a signal for a from-scratch encoder while the classifier "
                       "still sits at the class prior; 0 = off", type=float)
