@@ -186,6 +186,61 @@ def test_early_stopping_restores_best_dev_weights():
     assert not all(torch.equal(final[k], snapshots[3][k]) for k in final)
 
 
+def _fit_recording_dev_weights(ema: float) -> tuple[dict, list, dict, dict]:
+    """Five steps of ``tiny`` on the splice fixture, dev scripted (best at step 2) and evaluated after every step;
+    returns the initial weights, the weights dev saw at each evaluation, the kept weights and the history."""
+    torch.manual_seed(0)
+    model = MergeDNAForSequenceClassification(preset("tiny", num_labels=3))
+    loader = make_dataloader(load_gue_task(SPLICE3)["train"], 4, 1024)
+    initial = {n: p.detach().clone() for n, p in model.named_parameters()}
+    scores, seen = iter([0.1, 0.5, 0.3, 0.2, 0.4]), []
+
+    def scripted_dev(m):
+        seen.append({n: p.detach().clone() for n, p in m.named_parameters()})
+        return {"mcc": next(scores)}
+
+    settings = FinetuneSettings(max_steps=5, eval_every=1, patience=None, lr=1e-3, precision="fp32", ema=ema)
+    history = fit(model, loader, scripted_dev, settings, progress=False)
+    return initial, seen, {n: p.detach().clone() for n, p in model.named_parameters()}, history
+
+
+def test_ema_dev_sees_selection_keeps_and_training_is_untouched_by_the_moving_average():
+    """``ema``: the raw trajectory is the same as without it (the average never feeds back), dev sees the average
+    a_t = a_(t-1) + (1 - d_t)(w_t - a_(t-1)), d_t = min(decay, (1 + t)/(10 + t)), a_0 = the initial weights,
+    and the run keeps the average of its best dev step (step 2), not the raw weights of that step."""
+    initial, raw, raw_kept, raw_history = _fit_recording_dev_weights(0.0)
+    _, seen, kept, history = _fit_recording_dev_weights(0.2)  # d_1 = 2/11 (warm-up), then 0.2
+    average = dict(initial)
+    for t, weights in enumerate(raw, start=1):
+        d = min(0.2, (1 + t) / (10 + t))
+        average = {n: average[n] + (1 - d) * (weights[n] - average[n]) for n in average}
+        assert all(torch.allclose(seen[t - 1][n], average[n], atol=1e-6) for n in average), t
+        if t == 2:
+            expected_kept = average
+    assert history["best_step"] == raw_history["best_step"] == 2
+    assert all(torch.allclose(kept[n], expected_kept[n], atol=1e-6) for n in kept)
+    assert not all(torch.allclose(kept[n], raw_kept[n]) for n in kept)  # the raw step-2 weights differ
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match="ema"):
+            FinetuneSettings(ema=bad)
+
+
+def test_a_killed_run_with_ema_resumes_its_moving_average(tmp_path, monkeypatch):
+    """The moving average is part of the resume state: a killed ``ema`` run resumed ends with the kept weights
+    and dev curve of the run that never stopped."""
+    run = {**RESUMABLE_RUN, "ema": 0.9}
+    whole = finetune(SPLICE3, tmp_path / "whole", **run)
+    die_at_dev_evaluation(monkeypatch, 3)
+    with pytest.raises(Killed):
+        finetune(SPLICE3, tmp_path / "cut", **run)
+    monkeypatch.undo()
+    resumed = finetune(SPLICE3, tmp_path / "cut", resume=True, **run)
+    assert resumed["resumed_at_step"] == 4 and comparable(resumed) == comparable(whole)
+    weights = [MergeDNAForSequenceClassification.from_pretrained(d / "model").state_dict()
+               for d in (tmp_path / "cut", tmp_path / "whole")]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[1])
+
+
 def test_evaluations_at_the_class_prior_do_not_use_up_patience():
     """A slow starter predicts one class for its first evaluations; early stopping must wait for it."""
     torch.manual_seed(0)
