@@ -1,0 +1,90 @@
+"""Which path of a `mean_flatten` head does a fine-tuned classifier use? (issue 14)
+
+For each run folder (a `finetune` output with `model/`), evaluates dev MCC with the head as trained, with its
+flatten path switched off (the mean over bases alone: composition) and with its mean path switched off (the
+flattened per-base features alone: position), and the average norm of each path's output on dev. A run that
+learned a position-dependent signal (a TATA box at a fixed offset) loses most without the flatten path.
+
+    PYTHONPATH=src python scripts/head_paths.py --task ../shared/data/gue/prom/prom_300_tata RUN_DIR [RUN_DIR ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import mergedna.heads as heads
+from mergedna.data.task_batching import make_dataloader
+from mergedna.data.tasks import load_task
+from mergedna.finetune import classification_metrics
+from mergedna.heads import MergeDNAForSequenceClassification
+from mergedna.precision import autocast, resolve
+
+
+@contextlib.contextmanager
+def path_off(model, which: str | None):
+    """Switch one path of the mean_flatten head off: "flatten" (its output layer returns 0) or "mean"
+    (the size-weighted mean over bases returns 0); None: the head as trained."""
+    pooler, real_pool = model.pooler, heads.pool_bases
+    real_out = pooler.out.forward
+    if which == "flatten":
+        pooler.out.forward = lambda x: torch.zeros(*x.shape[:-1], pooler.out.out_features, dtype=x.dtype,
+                                                   device=x.device)
+    elif which == "mean":
+        heads.pool_bases = lambda z, sizes, mask: torch.zeros(z.shape[0], z.shape[-1], device=z.device)
+    try:
+        yield
+    finally:
+        pooler.out.forward, heads.pool_bases = real_out, real_pool
+
+
+@torch.no_grad()
+def predict(model, loader, precision: str) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Labels, class probabilities and the mean norm of each head path's output over the split."""
+    labels, probs, norms = [], [], {"mean": [], "flatten": []}
+    for batch in loader:
+        with autocast(precision, torch.device("cpu")):
+            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            enc = out.encoder
+            mean = heads.pool_bases(enc.last_hidden_state, enc.token_sizes, enc.token_mask).float()
+        norms["mean"].append(mean.norm(dim=-1))
+        norms["flatten"].append((out.pooled.float() - mean).norm(dim=-1))
+        probs.append(out.logits.float().softmax(-1))
+        labels.append(batch["labels"])
+    return (torch.cat(labels).numpy(), torch.cat(probs).numpy(),
+            {k: float(torch.cat(v).mean()) for k, v in norms.items()})
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--task", required=True, help="the task folder the runs were fine-tuned on")
+    ap.add_argument("--split", default="dev")
+    ap.add_argument("--precision", default="auto")
+    ap.add_argument("runs", nargs="+")
+    args = ap.parse_args()
+    split = load_task(args.task).splits[args.split]
+    loader = make_dataloader(split, 64, 1024, shuffle=False)
+    precision = resolve(args.precision)
+    print(f"| run | {args.split} MCC as trained | flatten path off (mean only) | mean path off (flatten only) "
+          "| mean-path norm | flatten-path norm |")
+    print("|---|---|---|---|---|---|")
+    for run in args.runs:
+        model = MergeDNAForSequenceClassification.from_pretrained(Path(run) / "model").eval()
+        if model.pooler.kind != "mean_flatten":
+            raise SystemExit(f"{run}: head is {model.pooler.kind!r}, not mean_flatten")
+        mcc, norms = {}, None
+        for which in (None, "flatten", "mean"):
+            with path_off(model, which):
+                labels, probs, n = predict(model, loader, precision)
+            norms = norms or n
+            mcc[which] = classification_metrics(labels, probs)["mcc"]
+        print(f"| {run} | {100 * mcc[None]:.2f} | {100 * mcc['flatten']:.2f} | {100 * mcc['mean']:.2f} "
+              f"| {norms['mean']:.2f} | {norms['flatten']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
