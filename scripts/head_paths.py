@@ -14,13 +14,12 @@ import argparse
 import contextlib
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import mergedna.heads as heads
 from mergedna.data.task_batching import make_dataloader
 from mergedna.data.tasks import load_task
-from mergedna.finetune import classification_metrics
+from mergedna.finetune import evaluate
 from mergedna.heads import MergeDNAForSequenceClassification
 from mergedna.precision import autocast, resolve
 
@@ -43,9 +42,9 @@ def path_off(model, which: str | None):
 
 
 @torch.no_grad()
-def predict(model, loader, precision: str) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Labels, class probabilities and the mean norm of each head path's output over the split."""
-    labels, probs, norms = [], [], {"mean": [], "flatten": []}
+def path_norms(model, loader, precision: str) -> dict:
+    """The mean norm of each head path's output over the split, with the head as trained."""
+    norms = {"mean": [], "flatten": []}
     for batch in loader:
         with autocast(precision, torch.device("cpu")):
             out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
@@ -53,10 +52,7 @@ def predict(model, loader, precision: str) -> tuple[np.ndarray, np.ndarray, dict
             mean = heads.pool_bases(enc.last_hidden_state, enc.token_sizes, enc.token_mask).float()
         norms["mean"].append(mean.norm(dim=-1))
         norms["flatten"].append((out.pooled.float() - mean).norm(dim=-1))
-        probs.append(out.logits.float().softmax(-1))
-        labels.append(batch["labels"])
-    return (torch.cat(labels).numpy(), torch.cat(probs).numpy(),
-            {k: float(torch.cat(v).mean()) for k, v in norms.items()})
+    return {k: float(torch.cat(v).mean()) for k, v in norms.items()}
 
 
 def main() -> None:
@@ -76,12 +72,11 @@ def main() -> None:
         model = MergeDNAForSequenceClassification.from_pretrained(Path(run) / "model").eval()
         if model.pooler.kind != "mean_flatten":
             raise SystemExit(f"{run}: head is {model.pooler.kind!r}, not mean_flatten")
-        mcc, norms = {}, None
-        for which in (None, "flatten", "mean"):
+        mcc = {}
+        for which in (None, "flatten", "mean"):  # the dev metric fine-tuning recorded (mergedna.finetune.evaluate)
             with path_off(model, which):
-                labels, probs, n = predict(model, loader, precision)
-            norms = norms or n
-            mcc[which] = classification_metrics(labels, probs)["mcc"]
+                mcc[which] = evaluate(model, loader, split, precision, args.split)["mcc"]
+        norms = path_norms(model, loader, precision)
         print(f"| {run} | {100 * mcc[None]:.2f} | {100 * mcc['flatten']:.2f} | {100 * mcc['mean']:.2f} "
               f"| {norms['mean']:.2f} | {norms['flatten']:.2f} |")
 
