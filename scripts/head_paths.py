@@ -2,7 +2,8 @@
 
 For each run folder (a `finetune` output with `model/`), evaluates dev MCC with the head as trained, with its
 flatten path switched off (the mean over bases alone: composition) and with its mean path switched off (the
-flattened per-base features alone: position), and the average norm of each path's output on dev. A run that
+flattened per-base features alone: position), the average norm of each path's output on dev,
+and the tokens the encoder made (per sequence, the share of single bases, the longest). A run that
 learned a position-dependent signal (a TATA box at a fixed offset) loses most without the flatten path.
 
     PYTHONPATH=src python scripts/head_paths.py --task ../shared/data/gue/prom/prom_300_tata RUN_DIR [RUN_DIR ...]
@@ -42,9 +43,10 @@ def path_off(model, which: str | None):
 
 
 @torch.no_grad()
-def path_norms(model, loader, precision: str) -> dict:
-    """The mean norm of each head path's output over the split, with the head as trained."""
-    norms = {"mean": [], "flatten": []}
+def head_inputs(model, loader, precision: str) -> dict:
+    """With the head as trained, over the split: the mean norm of each head path's output, and the tokens the
+    encoder's merging made (tokens per sequence, the share of single-base tokens, the longest token in bases)."""
+    norms, sizes, counts = {"mean": [], "flatten": []}, [], []
     for batch in loader:
         with autocast(precision, torch.device("cpu")):
             out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
@@ -52,7 +54,12 @@ def path_norms(model, loader, precision: str) -> dict:
             mean = heads.pool_bases(enc.last_hidden_state, enc.token_sizes, enc.token_mask).float()
         norms["mean"].append(mean.norm(dim=-1))
         norms["flatten"].append((out.pooled.float() - mean).norm(dim=-1))
-    return {k: float(torch.cat(v).mean()) for k, v in norms.items()}
+        sizes.append(enc.token_sizes[enc.token_mask.bool()])
+        counts.append(enc.token_mask.sum(1).float())
+    sizes = torch.cat(sizes)
+    return {**{k: float(torch.cat(v).mean()) for k, v in norms.items()},
+            "tokens": float(torch.cat(counts).mean()), "single": float((sizes == 1).float().mean()),
+            "longest": int(sizes.max())}
 
 
 def main() -> None:
@@ -66,8 +73,8 @@ def main() -> None:
     loader = make_dataloader(split, 64, 1024, shuffle=False)
     precision = resolve(args.precision)
     print(f"| run | {args.split} MCC as trained | flatten path off (mean only) | mean path off (flatten only) "
-          "| mean-path norm | flatten-path norm |")
-    print("|---|---|---|---|---|---|")
+          "| mean-path norm | flatten-path norm | tokens per sequence | single-base tokens | longest token |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for run in args.runs:
         model = MergeDNAForSequenceClassification.from_pretrained(Path(run) / "model").eval()
         if model.pooler.kind != "mean_flatten":
@@ -76,9 +83,10 @@ def main() -> None:
         for which in (None, "flatten", "mean"):  # the dev metric fine-tuning recorded (mergedna.finetune.evaluate)
             with path_off(model, which):
                 mcc[which] = evaluate(model, loader, split, precision, args.split)["mcc"]
-        norms = path_norms(model, loader, precision)
+        stats = head_inputs(model, loader, precision)
         print(f"| {run} | {100 * mcc[None]:.2f} | {100 * mcc['flatten']:.2f} | {100 * mcc['mean']:.2f} "
-              f"| {norms['mean']:.2f} | {norms['flatten']:.2f} |")
+              f"| {stats['mean']:.2f} | {stats['flatten']:.2f} | {stats['tokens']:.1f} | {100 * stats['single']:.1f}% "
+              f"| {stats['longest']} |")
 
 
 if __name__ == "__main__":
