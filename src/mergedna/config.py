@@ -72,6 +72,8 @@ class MergeDNAConfig:
     pooling: str = "mean"
     cls_token: bool = False  # MergeDNAModel prepends a learned CLS token to the Latent Encoder's input
     pool_length: int | None = None  # bases the "attention"/"flatten" heads cover (default max_length)
+    pool_bin: int = 1  # flatten heads: the largest value of each channel over bins of this many bases, then
+    #                    flattened (the CNN baseline's max-pools shrink positions 8x); 1 = every base its own slot
     label_names: list | None = None  # optional names of the classes, index = label id
 
     def __post_init__(self):
@@ -95,6 +97,8 @@ class MergeDNAConfig:
             raise ValueError(f"conv_stem must be 0 (off) or an odd width, got {self.conv_stem}")
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.pool_bin < 1:
+            raise ValueError(f"pool_bin must be >= 1 (1 = no binning), got {self.pool_bin}")
         if self.pooling == "cls" and not self.cls_token:
             raise ValueError("pooling='cls' needs cls_token=True")
         if not 0.0 < self.merge_ratio <= 1.0:

@@ -126,6 +126,7 @@ class FinetuneSettings:
     dropout: float | None = None  # residual dropout in every block (config.dropout), on any model
     conv_stem: int | None = None  # from random init: config.conv_stem (a checkpoint keeps its own)
     pooling: str | None = "auto"  # sequence head (config.pooling): "auto" (see default_pooling); None keeps the model's
+    pool_bin: int | None = None  # flatten heads: max over bins of this many bases (config.pool_bin); None: the model's
     dev_fraction: float = 0.1
     split_seed: int = 0
     train_on_dev: bool = False
@@ -150,8 +151,8 @@ class FinetuneSettings:
         if self.max_time is not None and self.max_time <= 0:
             raise ValueError(f"max_time must be > 0 seconds, got {self.max_time}")
         # the model-config overrides, checked by the config itself now, before a run folder is claimed
-        MergeDNAConfig(**{k: getattr(self, k) for k in ("merge_ratio", "max_length", "dropout", "conv_stem")
-                          if getattr(self, k) is not None})
+        MergeDNAConfig(**{k: getattr(self, k) for k in ("merge_ratio", "max_length", "dropout", "conv_stem",
+                                                         "pool_bin") if getattr(self, k) is not None})
         if self.precision == "auto":  # -> what runs on the CPU, so results record it (finetune redoes it for a GPU)
             self.precision = resolve(self.precision)
 
@@ -257,7 +258,7 @@ def build_model(task: Task, model: str | os.PathLike | None, preset: str | None,
         raise ValueError("give exactly one of model (a checkpoint directory) or preset (random initialisation)")
     saved = load_config(model) if model is not None else None  # the checkpoint's config, read once
     overrides = {"num_labels": task.num_classes, "label_names": list(task.label_names)}
-    for key in ("merge_ratio", "max_length", "dropout"):
+    for key in ("merge_ratio", "max_length", "dropout", "pool_bin"):  # the head is new either way
         if getattr(settings, key) is not None:
             overrides[key] = getattr(settings, key)
     pooling = settings.pooling

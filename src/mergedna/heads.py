@@ -12,6 +12,9 @@
   ``flatten`` (a composition path and a position path). The last three see where in the input a
   feature sits, which rotary positions and mean pooling do not (issue 14); they cover
   ``config.pool_length`` bases (bases beyond it: the position term is clamped, flatten drops them).
+  ``config.pool_bin`` > 1 makes the flatten path coarse, as the CNN baseline's max-pools do: each channel's
+  largest value over bins of that many bases is flattened, so a motif that shifts a few bases between
+  sequences lands in the same input, and the wide layer has ``pool_bin`` times fewer weights to fit.
 * Base level: the Local Decoder is kept (un-merge + local attention over bases) and a
   per-base linear head sits on it.
 """
@@ -58,6 +61,17 @@ FLATTEN_POOLINGS = ("flatten", "mean_flatten")  # the heads with a flatten layer
 SIZED_POOLINGS = ("attention", *FLATTEN_POOLINGS)  # the heads that cover config.pool_length bases
 
 
+def binned_max(feats: torch.Tensor, mask: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, length, c) per-base features -> (B, ceil(length / size), c), the largest value of each channel over
+    each run of ``size`` bases; ``mask`` (B, N) marks real bases (padding never wins; an all-padding bin is 0)."""
+    B, length, c = feats.shape
+    bins = -(-length // size)
+    real = F.pad(mask[:, :length], (0, bins * size - min(length, mask.shape[1])))  # (B, bins * size)
+    feats = F.pad(feats, (0, 0, 0, bins * size - length)).masked_fill(~real[..., None], float("-inf"))
+    pooled = feats.reshape(B, bins, size, c).amax(2)
+    return pooled.masked_fill(~real.reshape(B, bins, size).any(2)[..., None], 0.0)
+
+
 class SequencePooler(nn.Module):
     """Encoder output -> one (B, D) vector per sequence, by ``config.pooling`` (module docstring)."""
 
@@ -70,8 +84,9 @@ class SequencePooler(nn.Module):
             self.query = nn.Linear(D, POOL_HEADS, bias=False)
             self.out = nn.Linear(POOL_HEADS * D, D)
         elif self.kind in FLATTEN_POOLINGS:
+            self.bin = config.pool_bin
             self.proj = nn.Linear(D, FLATTEN_CHANNELS)
-            self.out = nn.Linear(self.length * FLATTEN_CHANNELS, D)
+            self.out = nn.Linear(-(-self.length // self.bin) * FLATTEN_CHANNELS, D)
 
     def lr_scales(self, rule: str) -> dict[str, float]:
         """Learning-rate multiples for this head's parameters (names relative to the pooler). The flatten
@@ -108,6 +123,8 @@ class SequencePooler(nn.Module):
             return self.out(pooled.reshape(B, POOL_HEADS * D))
         feats = self.proj(x) * mask[..., None]  # (B, N, c), zero on padding
         feats = F.pad(feats[:, : self.length], (0, 0, 0, max(0, self.length - N)))  # (B, length, c)
+        if self.bin > 1:  # each channel's largest value over a bin of bases: a motif may shift inside its bin
+            feats = binned_max(feats, mask, self.bin)  # (B, ceil(length / bin), c)
         flat = self.out(feats.reshape(B, -1))
         if self.kind == "mean_flatten":  # both paths: composition (mean) and position (flatten)
             return pool_bases(enc.last_hidden_state, enc.token_sizes, enc.token_mask).to(flat.dtype) + flat
