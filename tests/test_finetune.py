@@ -623,7 +623,17 @@ def test_dropout_setting_reaches_the_model_from_random_init_and_from_a_checkpoin
     assert build(task, checkpoint, None, FinetuneSettings())[0].config.dropout == 0.0
 
 
-@pytest.mark.parametrize("bad", [{"conv_stem": 4}, {"merge_ratio": 1.5}, {"dropout": 1.0}])
+def test_pool_bin_setting_reaches_the_flatten_head_from_random_init_and_from_a_checkpoint(checkpoint):
+    task, build = finetune_mod.load_task(SPLICE3, "gue"), finetune_mod.build_model
+    train = task.splits["train"]
+    for model, preset_name in ((None, "tiny"), (checkpoint, None)):
+        clf, _ = build(task, model, preset_name, FinetuneSettings(pooling="flatten", pool_bin=4), train)
+        length = int(train.lengths.max())
+        assert clf.config.pool_bin == 4 and clf.pooler.out.in_features == -(-length // 4) * 16
+    assert build(task, None, "tiny", FinetuneSettings(pooling="flatten"), train)[0].config.pool_bin == 1
+
+
+@pytest.mark.parametrize("bad", [{"conv_stem": 4}, {"merge_ratio": 1.5}, {"dropout": 1.0}, {"pool_bin": 0}])
 def test_a_bad_model_override_is_refused_before_the_run_folder_is_claimed(tmp_path, bad):
     """Otherwise the corrected command meets a folder that "already holds a finetune run"."""
     with pytest.raises(ValueError, match=next(iter(bad))):

@@ -89,6 +89,44 @@ def test_max_head_keeps_one_spike_that_the_mean_dilutes_and_ignores_padding():
     assert torch.equal(peak[1], torch.full((64,), -1.0))
 
 
+def test_binned_flatten_lets_a_feature_move_inside_its_bin_but_not_across_and_ignores_padding(chr20):
+    """``pool_bin`` 8: one token's feature moved from base 17 to 18 (both in bin 16-23) gives the same vector,
+    moved to 25 (the next bin) a different one; without bins any move shows. 100 bases = 12 full bins and
+    a ragged one of 4; padding (however large) never wins a bin's max, and the whole classifier is still
+    unchanged by the padding of its batch."""
+    from mergedna.heads import binned_max
+    from mergedna.model import MergeDNAEncoderOutput
+
+    binned, plain = classifier("flatten", pool_bin=8).pooler, classifier("flatten").pooler
+    assert binned.out.in_features == 13 * 16 and plain.out.in_features == 100 * 16
+    n, ones = 100, torch.ones(1, 100, dtype=torch.bool)
+    base = torch.randn(1, 64) * 0.1
+
+    def pooled(pooler, at):
+        z = base.expand(n, 64).clone()[None]
+        z[0, at] += 3.0
+        enc = MergeDNAEncoderOutput(last_hidden_state=z, token_mask=ones, token_sizes=ones.float(),
+                                    assign=torch.arange(n)[None], base_mask=ones, local=None)
+        with torch.no_grad():
+            return pooler(enc)
+
+    torch.testing.assert_close(pooled(binned, 17), pooled(binned, 18))
+    assert not torch.allclose(pooled(binned, 17), pooled(binned, 25), atol=1e-4)
+    assert not torch.allclose(pooled(plain, 17), pooled(plain, 18), atol=1e-4)
+
+    feats = torch.full((1, 10, 2), -1.0)
+    feats[0, 7:] = 50.0  # padding from base 7
+    mask = torch.arange(10)[None] < 7
+    assert torch.equal(binned_max(feats, mask, 4), torch.tensor([[[-1.0, -1.0], [-1.0, -1.0], [0.0, 0.0]]]))
+
+    model = classifier("mean_flatten", pool_bin=8)
+    ids = batch_from(chr20, [80, 60])
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids[1:, :60]).logits, model(ids).logits[1:], atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="pool_bin"):
+        preset("tiny", pool_bin=0)
+
+
 def test_mean_flatten_is_the_sum_of_its_two_paths():
     """mean_flatten = the paper's mean over bases + the flatten head's vector, from the same weights."""
     from mergedna.model import MergeDNAEncoderOutput
@@ -129,10 +167,10 @@ def test_conv_stem_gives_each_base_its_ordered_neighbourhood_and_ignores_padding
 
 
 def test_pooling_settings_survive_save_and_load(tmp_path, chr20):
-    model = classifier("flatten")
+    model = classifier("flatten", pool_bin=4)
     model.save_pretrained(tmp_path / "m")
     again = MergeDNAForSequenceClassification.from_pretrained(tmp_path / "m").eval()
-    assert again.config.pooling == "flatten" and again.config.pool_length == 100
+    assert again.config.pooling == "flatten" and again.config.pool_length == 100 and again.config.pool_bin == 4
     ids = batch_from(chr20, [70])
     with torch.no_grad():
         torch.testing.assert_close(model(ids).logits, again(ids).logits)
