@@ -12,6 +12,8 @@
 #   conv9_mean, conv9_max   the stem with the mean or the max head (not run by default)
 #   drop0.1   --dropout 0.1: residual dropout in every block (the encoder has none by default; not run by default)
 #   ema0.99   --ema 0.99: dev sees, selection keeps and test gets a moving average of the weights (not run by default)
+#   bin8      --pool-bin 8: the flatten path reads each channel's maximum over bins of 8 bases, as the CNN
+#             baseline's max-pools do (not run by default)
 #   usage: bash scripts/finetune_arms.sh [DATA_DIR] [ARM ...]     (default: all four; seed 0)
 #   env: TASK (mouse/0, a GUE task), OUT (results/mouse_0_arms), SEED (0), STEPS (2000), EVERY (200),
 #        PRECISION (fp32), PRESET (tiny)
@@ -38,6 +40,7 @@ for arm in "${ARMS[@]}"; do
     conv9_max) extra=(--conv-stem 9 --pooling max) ;;
     drop0.1) extra=(--dropout 0.1) ;;
     ema0.99) extra=(--ema 0.99) ;;
+    bin8) extra=(--pool-bin 8) ;;
     *) echo "unknown arm $arm" >&2; exit 2 ;;
   esac
   dir="$OUT/runs/$TASK/$arm/seed$SEED"
