@@ -61,12 +61,12 @@ FLATTEN_POOLINGS = ("flatten", "mean_flatten")  # the heads with a flatten layer
 SIZED_POOLINGS = ("attention", *FLATTEN_POOLINGS)  # the heads that cover config.pool_length bases
 
 
-def binned_max(feats: torch.Tensor, mask: torch.Tensor, size: int) -> torch.Tensor:
+def binned_max(feats: torch.Tensor, real: torch.Tensor, size: int) -> torch.Tensor:
     """(B, length, c) per-base features -> (B, ceil(length / size), c), the largest value of each channel over
-    each run of ``size`` bases; ``mask`` (B, N) marks real bases (padding never wins; an all-padding bin is 0)."""
+    each run of ``size`` bases; ``real`` (B, length) marks real bases (padding never wins; an all-padding bin is 0)."""
     B, length, c = feats.shape
     bins = -(-length // size)
-    real = F.pad(mask[:, :length], (0, bins * size - min(length, mask.shape[1])))  # (B, bins * size)
+    real = F.pad(real, (0, bins * size - length))  # (B, bins * size)
     feats = F.pad(feats, (0, 0, 0, bins * size - length)).masked_fill(~real[..., None], float("-inf"))
     pooled = feats.reshape(B, bins, size, c).amax(2)
     return pooled.masked_fill(~real.reshape(B, bins, size).any(2)[..., None], 0.0)
@@ -124,7 +124,8 @@ class SequencePooler(nn.Module):
         feats = self.proj(x) * mask[..., None]  # (B, N, c), zero on padding
         feats = F.pad(feats[:, : self.length], (0, 0, 0, max(0, self.length - N)))  # (B, length, c)
         if self.bin > 1:  # each channel's largest value over a bin of bases: a motif may shift inside its bin
-            feats = binned_max(feats, mask, self.bin)  # (B, ceil(length / bin), c)
+            real = F.pad(mask[:, : self.length], (0, max(0, self.length - N)))  # (B, length), as feats
+            feats = binned_max(feats, real, self.bin)  # (B, ceil(length / bin), c)
         flat = self.out(feats.reshape(B, -1))
         if self.kind == "mean_flatten":  # both paths: composition (mean) and position (flatten)
             return pool_bases(enc.last_hidden_state, enc.token_sizes, enc.token_mask).to(flat.dtype) + flat
