@@ -631,6 +631,12 @@ def test_pool_bin_setting_reaches_the_flatten_head_from_random_init_and_from_a_c
         length = int(train.lengths.max())
         assert clf.config.pool_bin == 4 and clf.pooler.out.in_features == -(-length // 4) * 16
     assert build(task, None, "tiny", FinetuneSettings(pooling="flatten"), train)[0].config.pool_bin == 1
+    with pytest.raises(ValueError, match="pool_bin 4 needs a head with a flatten path.*'mean'"):
+        FinetuneSettings(pooling="mean", pool_bin=4)  # named: refused at once
+    with pytest.raises(ValueError, match="pool_bin 4 needs a head with a flatten path.*'cls'"):
+        build(task, None, "tiny", FinetuneSettings(pool_bin=4))  # "auto" without the training split: cls
+    with pytest.raises(ValueError, match="pool_bin 4 needs a head with a flatten path.*'mean'"):
+        build(task, checkpoint, None, FinetuneSettings(pooling=None, pool_bin=4))  # the checkpoint's own head
 
 
 @pytest.mark.parametrize("bad", [{"conv_stem": 4}, {"merge_ratio": 1.5}, {"dropout": 1.0}, {"pool_bin": 0}])

@@ -53,7 +53,7 @@ from tqdm.auto import tqdm
 from .config import POOLINGS, MergeDNAConfig, preset as preset_config
 from .data.task_batching import LENGTH_POLICIES, average_chunk_logits, make_dataloader
 from .data.tasks import LabelledSplit, Task, load_task, make_split
-from .heads import HEAD_LR_RULES, SIZED_POOLINGS, MergeDNAForSequenceClassification, SequencePooler
+from .heads import FLATTEN_POOLINGS, HEAD_LR_RULES, SIZED_POOLINGS, MergeDNAForSequenceClassification, SequencePooler
 from .objectives import MaskedModellingLoss
 from .precision import PRECISIONS, autocast, resolve
 from .pretrained import load_config
@@ -153,8 +153,17 @@ class FinetuneSettings:
         # the model-config overrides, checked by the config itself now, before a run folder is claimed
         MergeDNAConfig(**{k: getattr(self, k) for k in ("merge_ratio", "max_length", "dropout", "conv_stem",
                                                          "pool_bin") if getattr(self, k) is not None})
+        if self.pooling not in (None, "auto"):  # an "auto" or kept head is checked once known (build_model)
+            check_pool_bin(self.pooling, self.pool_bin)
         if self.precision == "auto":  # -> what runs on the CPU, so results record it (finetune redoes it for a GPU)
             self.precision = resolve(self.precision)
+
+
+def check_pool_bin(pooling: str, pool_bin: int | None) -> None:
+    """Bins only coarsen a flatten path: asked for with any other head they would do nothing, silently."""
+    if pool_bin not in (None, 1) and pooling not in FLATTEN_POOLINGS:
+        raise ValueError(f"pool_bin {pool_bin} needs a head with a flatten path ({', '.join(FLATTEN_POOLINGS)}); "
+                         f"the head is {pooling!r}")
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
@@ -268,6 +277,8 @@ def build_model(task: Task, model: str | os.PathLike | None, preset: str | None,
         overrides.update(pooling=pooling, cls_token=pooling == "cls")
         if pooling in SIZED_POOLINGS and train is not None:
             overrides["pool_length"] = int(train.lengths.max())
+    check_pool_bin(overrides.get("pooling", saved.pooling if saved is not None else preset_config(preset).pooling),
+                   settings.pool_bin)
     if settings.conv_stem is not None:
         if saved is not None and settings.conv_stem != saved.conv_stem:
             raise ValueError(f"conv_stem {settings.conv_stem} asked for, but the checkpoint {model} was trained with "

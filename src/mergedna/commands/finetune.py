@@ -104,7 +104,7 @@ def add_training_arguments(p: argparse.ArgumentParser, source_required: bool = T
                    "absolute positions), flatten (per-base features flattened), mean_flatten (the sum of mean and flatten); auto: mean_flatten when all training "
                    f"sequences have one length <= {FLATTEN_MAX_LENGTH}, else cls", choices=("auto", *POOLINGS))
     a("--pool-bin", "flatten heads: the largest value of each channel over bins of this many bases, then flattened "
-                    "(8 = the CNN baseline's three max-pools; 1 = every base its own slot)", type=int)
+                    "(8 = the CNN baseline's three max-pools; 1 = every base its own slot); an error with any other head", type=int)
     a("--dev-fraction", "share carved for dev when needed", type=float)
     a("--split-seed", "seed of carved splits (fixed across seeds)", type=int)
     a("--train-on-dev", "train on dev when a task has no train split (result marked not comparable)",
